@@ -1,0 +1,220 @@
+-- sessiond canonical schema (user_version 1).
+--
+-- This file is the schema a fresh database gets, applied by migration 1. Every later migration must
+-- leave a database whose schema equals this file at the new version (a test checks it). Times are
+-- INTEGER milliseconds since the Unix epoch (UTC); secrets are stored only as hashes (BLAKE2b-256 for
+-- high-entropy tokens, argon2id PHC strings for human passwords).
+
+-- Tenants. `anonymous` (kind 'system') owns anonymously created share sessions.
+CREATE TABLE accounts (
+    id          INTEGER PRIMARY KEY,
+    uid         TEXT    NOT NULL UNIQUE,
+    name        TEXT    NOT NULL UNIQUE,
+    kind        TEXT    NOT NULL CHECK (kind IN ('personal', 'team', 'system')),
+    default_ttl_seconds INTEGER,
+    created_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY,
+    uid           TEXT    NOT NULL UNIQUE,
+    email         TEXT    NOT NULL UNIQUE COLLATE NOCASE,
+    name          TEXT    NOT NULL,
+    password_hash TEXT    NOT NULL,
+    totp_secret   TEXT,
+    totp_pending  TEXT,
+    disabled      INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+    created_at    INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE memberships (
+    account_id INTEGER NOT NULL REFERENCES accounts(id),
+    user_id    INTEGER NOT NULL REFERENCES users(id),
+    role       TEXT    NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (account_id, user_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX memberships_user ON memberships(user_id);
+
+-- Login tokens, API keys and service keys: one table, looked up by the hash of the presented value.
+CREATE TABLE credentials (
+    id           INTEGER PRIMARY KEY,
+    uid          TEXT    NOT NULL UNIQUE,
+    kind         TEXT    NOT NULL CHECK (kind IN ('login', 'api_key', 'service_key')),
+    token_hash   BLOB    NOT NULL UNIQUE,
+    prefix       TEXT    NOT NULL,
+    name         TEXT    NOT NULL DEFAULT '',
+    account_id   INTEGER REFERENCES accounts(id),
+    user_id      INTEGER REFERENCES users(id),
+    scopes       TEXT    NOT NULL DEFAULT '[]',
+    service_role TEXT    CHECK (service_role IN ('gateway', 'daemon')),
+    mfa_verified INTEGER NOT NULL DEFAULT 0 CHECK (mfa_verified IN (0, 1)),
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER,
+    idle_expires_at INTEGER,
+    last_used_at INTEGER,
+    revoked_at   INTEGER
+) STRICT;
+
+CREATE INDEX credentials_account ON credentials(account_id, kind);
+CREATE INDEX credentials_user ON credentials(user_id, kind);
+
+CREATE TABLE workspaces (
+    id                   INTEGER PRIMARY KEY,
+    uid                  TEXT    NOT NULL,
+    account_id           INTEGER NOT NULL REFERENCES accounts(id),
+    name                 TEXT    NOT NULL,
+    type                 TEXT    NOT NULL,
+    description          TEXT    NOT NULL DEFAULT '',
+    image_url            TEXT,
+    cpu                  INTEGER,
+    memory               TEXT,
+    storage              TEXT,
+    url                  TEXT,
+    connection_type      TEXT,
+    requires_netbird     INTEGER NOT NULL DEFAULT 0,
+    clientless           INTEGER NOT NULL DEFAULT 1,
+    launch_mode          TEXT    NOT NULL DEFAULT 'iframe',
+    icon                 TEXT,
+    image                TEXT,
+    template             TEXT,
+    persistence          TEXT,
+    max_session_duration INTEGER,
+    idle_timeout         INTEGER,
+    created_at           INTEGER NOT NULL,
+    UNIQUE (account_id, uid)
+) STRICT;
+
+-- One row per session of any dialect. Dialect-specific data hangs off it in side tables.
+-- status: share 'active'|'closed'; workspace 'active'|'disconnected'|'terminated';
+-- runtime 'active'|'starting'|'running'|'stopping'|'terminated'|'failed'.
+CREATE TABLE sessions (
+    id               INTEGER PRIMARY KEY,
+    uid              TEXT    NOT NULL UNIQUE,
+    dialect          TEXT    NOT NULL CHECK (dialect IN ('share', 'workspace', 'runtime')),
+    account_id       INTEGER NOT NULL REFERENCES accounts(id),
+    user_id          INTEGER REFERENCES users(id),
+    workspace_id     INTEGER REFERENCES workspaces(id),
+    credential_id    INTEGER REFERENCES credentials(id) ON DELETE SET NULL,
+    session_type     TEXT,
+    status           TEXT    NOT NULL,
+    end_reason       TEXT    CHECK (end_reason IN ('closed', 'deleted', 'disconnected', 'stopped', 'logout',
+                                     'logoff', 'expired', 'idle', 'admin', 'lost', 'failed')),
+    mfa_verified     INTEGER NOT NULL DEFAULT 0 CHECK (mfa_verified IN (0, 1)),
+    ip_address       TEXT,
+    created_at       INTEGER NOT NULL,
+    expires_at       INTEGER,
+    ended_at         INTEGER,
+    last_activity_at INTEGER
+) STRICT;
+
+-- The reaper's sweep: live sessions by expiry.
+CREATE INDEX sessions_live_expiry ON sessions(expires_at) WHERE ended_at IS NULL AND expires_at IS NOT NULL;
+CREATE INDEX sessions_account ON sessions(account_id, dialect, created_at);
+CREATE INDEX sessions_user ON sessions(user_id, created_at);
+CREATE INDEX sessions_workspace ON sessions(workspace_id, status);
+
+-- Share sessions (Wormkey dialect).
+CREATE TABLE shares (
+    session_id          INTEGER PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+    slug                TEXT    NOT NULL UNIQUE,
+    owner_token_hash    BLOB    NOT NULL UNIQUE,
+    port                INTEGER,
+    auth_mode           TEXT    NOT NULL CHECK (auth_mode IN ('none', 'basic')),
+    basic_password_hash TEXT,
+    policy_public       INTEGER NOT NULL DEFAULT 1 CHECK (policy_public IN (0, 1)),
+    policy_max_viewers  INTEGER NOT NULL DEFAULT 20,
+    policy_block_paths  TEXT    NOT NULL DEFAULT '[]',
+    policy_password_hash TEXT
+) STRICT;
+
+-- Scoped tunnel tokens of a share session.
+CREATE TABLE share_tokens (
+    id         INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    token_hash BLOB    NOT NULL UNIQUE,
+    name       TEXT    NOT NULL,
+    scopes     TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX share_tokens_session ON share_tokens(session_id);
+CREATE INDEX share_tokens_expiry ON share_tokens(expires_at);
+
+-- Viewers of a share session. Activity is absorbed in memory and flushed here in batches.
+CREATE TABLE viewers (
+    session_id   INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    viewer_id    TEXT    NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    requests     INTEGER NOT NULL DEFAULT 0,
+    ip           TEXT,
+    password_ok  INTEGER NOT NULL DEFAULT 0 CHECK (password_ok IN (0, 1)),
+    PRIMARY KEY (session_id, viewer_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX viewers_last_seen ON viewers(last_seen_at);
+
+-- Kicked viewer ids of a share session, in kick order.
+CREATE TABLE kicked_viewers (
+    id         INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+    viewer_id  TEXT    NOT NULL,
+    kicked_at  INTEGER NOT NULL,
+    UNIQUE (session_id, viewer_id)
+) STRICT;
+
+-- Runtime session details (Chaser dialect), including the latest daemon snapshot.
+CREATE TABLE runtime_sessions (
+    session_id         INTEGER PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
+    persistence        TEXT,
+    image              TEXT,
+    proxy              TEXT,
+    env                TEXT,
+    ttl_seconds        INTEGER,
+    node_id            TEXT,
+    snapshot_status    TEXT,
+    snapshot_leases    INTEGER,
+    snapshot_endpoints TEXT,
+    snapshot_at        INTEGER,
+    active_leases      INTEGER NOT NULL DEFAULT 0,
+    endpoints          TEXT
+) STRICT;
+
+CREATE INDEX runtime_sessions_snapshot ON runtime_sessions(snapshot_at) WHERE snapshot_at IS NOT NULL;
+
+-- Replayed answers to requests that carried an Idempotency-Key.
+CREATE TABLE idempotency (
+    account_id  INTEGER NOT NULL REFERENCES accounts(id),
+    key         TEXT    NOT NULL,
+    status      INTEGER NOT NULL,
+    body        BLOB    NOT NULL,
+    created_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    PRIMARY KEY (account_id, key)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX idempotency_expiry ON idempotency(expires_at);
+
+-- Every change from every dialect, the CLI and the reaper, written in the same transaction as the change.
+CREATE TABLE audit (
+    id            INTEGER PRIMARY KEY,
+    uid           TEXT    NOT NULL UNIQUE,
+    account_id    INTEGER,
+    actor_type    TEXT    NOT NULL CHECK (actor_type IN ('user', 'api_key', 'owner_token', 'service', 'system')),
+    actor_id      TEXT,
+    actor_email   TEXT,
+    action        TEXT    NOT NULL,
+    resource_type TEXT,
+    resource_id   TEXT,
+    status        TEXT    NOT NULL CHECK (status IN ('success', 'failure')),
+    summary       TEXT    NOT NULL DEFAULT '',
+    metadata      TEXT    NOT NULL DEFAULT '{}',
+    ip            TEXT,
+    created_at    INTEGER NOT NULL
+) STRICT;
+
+CREATE INDEX audit_account_time ON audit(account_id, created_at);
+CREATE INDEX audit_time ON audit(created_at);
+CREATE INDEX audit_resource ON audit(resource_type, resource_id);

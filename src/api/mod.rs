@@ -1,0 +1,180 @@
+//! The wire dialects: one file per dialect, each with its own serde types and field names, mapping
+//! requests onto the shared model in `domain/` and the store in `db/`.
+//!
+//! This module holds what the dialects share: strict JSON body parsing with messages that name the
+//! offending field, and resolution of the credential a caller presented.
+
+pub mod ops;
+pub mod share;
+
+use serde_json::{Map, Value};
+
+use crate::auth;
+use crate::db::accounts::{Credential, CredentialKind};
+use crate::domain::{Actor, ActorType};
+use crate::error::{Error, Result};
+use crate::server::{Ctx, Req};
+
+/// Nesting deeper than this is refused before serde sees it (serde_json's own limit is 128).
+const MAX_JSON_DEPTH: usize = 32;
+
+/// The body as a JSON object. An empty body is an empty object (routes whose fields are all optional
+/// accept no body at all).
+pub fn json_object(req: &Req) -> Result<Map<String, Value>> {
+    if req.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    if json_depth(&req.body) > MAX_JSON_DEPTH {
+        return Err(Error::bad_request("Request body is nested too deeply"));
+    }
+    match serde_json::from_slice::<Value>(&req.body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Error::bad_request("Request body must be a JSON object")),
+        Err(e) => Err(Error::bad_request(format!("Invalid JSON body: {e}"))),
+    }
+}
+
+/// The deepest nesting of arrays and objects, counted without parsing (strings are skipped).
+fn json_depth(body: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Typed access to optional fields; a present field of the wrong type is a 400 naming it.
+pub struct Fields<'a> {
+    map: &'a Map<String, Value>,
+    prefix: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    pub fn new(map: &'a Map<String, Value>) -> Fields<'a> {
+        Fields { map, prefix: "" }
+    }
+
+    pub fn nested(map: &'a Map<String, Value>, prefix: &'static str) -> Fields<'a> {
+        Fields { map, prefix }
+    }
+
+    /// The field as sent, `None` when absent or null.
+    pub fn raw(&self, name: &str) -> Option<&'a Value> {
+        self.get(name)
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.map.get(name).filter(|v| !v.is_null())
+    }
+
+    fn wrong(&self, name: &str, what: &str) -> Error {
+        Error::bad_request(format!("{}{name} must be {what}", self.prefix))
+    }
+
+    pub fn str(&self, name: &str) -> Result<Option<&'a str>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(self.wrong(name, "a string")),
+        }
+    }
+
+    pub fn bool(&self, name: &str) -> Result<Option<bool>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(self.wrong(name, "a boolean")),
+        }
+    }
+
+    /// An integer within `min..=max`.
+    pub fn int(&self, name: &str, min: i64, max: i64) -> Result<Option<i64>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(v) if (min..=max).contains(&v) => Ok(Some(v)),
+                _ => Err(self.wrong(name, &format!("an integer between {min} and {max}"))),
+            },
+            Some(_) => Err(self.wrong(name, &format!("an integer between {min} and {max}"))),
+        }
+    }
+
+    pub fn str_array(&self, name: &str) -> Result<Option<Vec<String>>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| self.wrong(name, "an array of strings")))
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(_) => Err(self.wrong(name, "an array of strings")),
+        }
+    }
+
+    pub fn array(&self, name: &str) -> Result<Option<&'a Vec<Value>>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => Ok(Some(items)),
+            Some(_) => Err(self.wrong(name, "an array")),
+        }
+    }
+
+    pub fn object(&self, name: &str) -> Result<Option<&'a Map<String, Value>>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(m)),
+            Some(_) => Err(self.wrong(name, "an object")),
+        }
+    }
+}
+
+/// A usable credential of one of `kinds` for the bearer token, if any.
+pub fn credential(ctx: &Ctx, token: &str, kinds: &[CredentialKind]) -> Result<Option<Credential>> {
+    let found = ctx.db.credential_by_hash(&auth::token_hash(token))?;
+    Ok(found.filter(|c| kinds.contains(&c.kind) && c.usable(ctx.now)))
+}
+
+/// The actor behind a gateway call: the configured internal key or a `gateway` service key.
+pub fn gateway(ctx: &Ctx, req: &Req) -> Result<Option<Actor>> {
+    let Some(token) = req.bearer() else { return Ok(None) };
+    let ip = req.client_ip_string();
+    if let Some(key) = &ctx.cfg().internal_api_key {
+        if auth::ct_eq_secret(token, key) {
+            return Ok(Some(Actor { kind: ActorType::Service, id: Some("internal_api_key".into()), email: None, ip }));
+        }
+    }
+    let service = credential(ctx, token, &[CredentialKind::ServiceKey])?;
+    Ok(service
+        .filter(|c| c.service_role.as_deref() == Some("gateway"))
+        .map(|c| Actor { kind: ActorType::Service, id: Some(c.uid), email: None, ip }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth(b"{}"), 1);
+        assert_eq!(json_depth(br#"{"a":[[1]]}"#), 3);
+        assert_eq!(json_depth(br#"{"a":"[[[[["}"#), 1);
+        assert_eq!(json_depth(br#"{"a":"\"[[[["}"#), 1);
+    }
+}

@@ -1,0 +1,319 @@
+//! Secrets: generating them, hashing them for storage, comparing them, and throttling guesses.
+//!
+//! High-entropy tokens are stored as BLAKE2b-256 digests and looked up by digest; human passwords are
+//! argon2id at OWASP parameters (19 MiB, t=2, p=1). Argon2 is slow on purpose, so at most
+//! [`ARGON2_PERMITS`] hashes run at once: a password flood queues here instead of starving the workers
+//! that answer everyone else. Every random value comes from the operating system's CSPRNG.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Condvar, Mutex};
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use blake2::{Blake2b256, Digest};
+use rand::TryRng;
+use rand::rngs::SysRng;
+
+use crate::domain::time::Millis;
+
+const ALNUM_LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+const URL_SAFE: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// How many argon2 computations may run at the same time.
+pub const ARGON2_PERMITS: usize = 2;
+
+/// Fills `buf` from the OS CSPRNG. Failure of the OS generator is unrecoverable.
+pub fn random_bytes(buf: &mut [u8]) {
+    SysRng
+        .try_fill_bytes(buf)
+        .expect("the operating system's random number generator failed");
+}
+
+/// A uniformly random string of `len` characters from `alphabet` (rejection sampling, no modulo bias).
+pub fn random_string(alphabet: &[u8], len: usize) -> String {
+    debug_assert!(!alphabet.is_empty() && alphabet.len() <= 256);
+    let limit = 256 - (256 % alphabet.len());
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        random_bytes(&mut buf);
+        for &b in &buf {
+            if (b as usize) < limit && out.len() < len {
+                out.push(alphabet[b as usize % alphabet.len()] as char);
+            }
+        }
+    }
+    out
+}
+
+/// 32 chars `[a-z0-9]`: owner tokens and the tail of share session ids.
+pub fn random_lower_alnum(len: usize) -> String {
+    random_string(ALNUM_LOWER, len)
+}
+
+/// Mixed-case alphanumerics: basic-auth passwords.
+pub fn random_alnum(len: usize) -> String {
+    random_string(ALNUM, len)
+}
+
+/// URL-safe characters: login tokens, API and service keys, scoped tunnel tokens.
+pub fn random_url_safe(len: usize) -> String {
+    random_string(URL_SAFE, len)
+}
+
+pub fn random_hex(len: usize) -> String {
+    random_string(b"0123456789abcdef", len)
+}
+
+/// A random (version 4) UUID in its hyphenated lower-case form.
+pub fn uuid_v4() -> String {
+    let mut b = [0u8; 16];
+    random_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// The stored form of a high-entropy token.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Blake2b256::digest(token.as_bytes()).into()
+}
+
+/// Constant-time equality of two byte strings (the length is not secret).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// Compares a presented secret with a configured one without leaking where they differ or their
+/// lengths: both sides are hashed to a fixed length first.
+pub fn ct_eq_secret(presented: &str, configured: &str) -> bool {
+    ct_eq(&token_hash(presented), &token_hash(configured))
+}
+
+static ARGON2_GATE: Gate = Gate::new(ARGON2_PERMITS);
+
+fn argon2() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, Some(32)).expect("valid argon2 parameters");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+/// Hashes a human password into a PHC-style string: `$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`
+/// (salt and hash in lower-case hex).
+pub fn hash_password(password: &str) -> String {
+    let mut salt = [0u8; 16];
+    random_bytes(&mut salt);
+    let mut out = [0u8; 32];
+    {
+        let _permit = ARGON2_GATE.acquire();
+        argon2()
+            .hash_password_into(password.as_bytes(), &salt, &mut out)
+            .expect("argon2 accepts a 16-byte salt and 32-byte output");
+    }
+    format!("$argon2id$v=19$m=19456,t=2,p=1${}${}", hex(&salt), hex(&out))
+}
+
+/// Checks a password against [`hash_password`]'s output in constant time.
+pub fn verify_password(password: &str, stored: &str) -> bool {
+    let mut parts = stored.split('$');
+    let (Some(""), Some("argon2id"), Some("v=19"), Some(params), Some(salt), Some(hash), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (unhex(salt), unhex(hash)) else {
+        return false;
+    };
+    let mut m = 0;
+    let mut t = 0;
+    let mut p = 0;
+    for kv in params.split(',') {
+        match kv.split_once('=') {
+            Some(("m", v)) => m = v.parse().unwrap_or(0),
+            Some(("t", v)) => t = v.parse().unwrap_or(0),
+            Some(("p", v)) => p = v.parse().unwrap_or(0),
+            _ => return false,
+        }
+    }
+    let Ok(params) = Params::new(m, t, p, Some(expected.len())) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    let ok = {
+        let _permit = ARGON2_GATE.acquire();
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password_into(password.as_bytes(), &salt, &mut out)
+            .is_ok()
+    };
+    ok && ct_eq(&out, &expected)
+}
+
+/// Spends the time of one password check without a stored hash, so that an unknown user or a
+/// session without a password costs the same as a wrong password.
+pub fn burn_password_check(password: &str) {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let dummy = DUMMY.get_or_init(|| hash_password("sessiond-dummy-password"));
+    let _ = verify_password(password, dummy);
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Standard base64 decoding (for `Authorization: Basic`), strict about padding and alphabet.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// A counting semaphore: at most `permits` holders at once.
+pub struct Gate {
+    used: Mutex<usize>,
+    freed: Condvar,
+    permits: usize,
+}
+
+pub struct Permit<'a>(&'a Gate);
+
+impl Gate {
+    pub const fn new(permits: usize) -> Gate {
+        Gate { used: Mutex::new(0), freed: Condvar::new(), permits }
+    }
+
+    pub fn acquire(&self) -> Permit<'_> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used >= self.permits {
+            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += 1;
+        Permit(self)
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut used = self.0.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// Fixed-window counters per client address: `limit` events per `window` milliseconds.
+pub struct RateLimiter {
+    limit: u32,
+    window_ms: Millis,
+    windows: Mutex<HashMap<IpAddr, (Millis, u32)>>,
+}
+
+impl RateLimiter {
+    pub fn new(limit: u32, window_ms: Millis) -> RateLimiter {
+        RateLimiter { limit, window_ms, windows: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts one event; `Err(seconds until the window resets)` when over the limit. A limit of 0
+    /// means unlimited.
+    pub fn check(&self, ip: IpAddr, now: Millis) -> Result<(), u64> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() > 100_000 {
+            windows.retain(|_, (start, _)| now - *start < self.window_ms);
+        }
+        let entry = windows.entry(ip).or_insert((now, 0));
+        if now - entry.0 >= self.window_ms {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.limit {
+            let reset = entry.0 + self.window_ms - now;
+            return Err(((reset + 999) / 1000).max(1) as u64);
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_hash_round_trip() {
+        let h = hash_password("correct horse");
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("correct horsf", &h));
+        assert!(!verify_password("correct horse", "garbage"));
+    }
+
+    #[test]
+    fn random_strings_use_their_alphabet() {
+        let s = random_lower_alnum(32);
+        assert_eq!(s.len(), 32);
+        assert!(s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert_ne!(random_lower_alnum(32), s);
+        let u = uuid_v4();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+    }
+
+    #[test]
+    fn base64() {
+        assert_eq!(base64_decode("d29ybTpzZWNyZXQ=").unwrap(), b"worm:secret");
+        assert_eq!(base64_decode("d29ybQ==").unwrap(), b"worm");
+        assert!(base64_decode("d29y*bQ").is_none());
+    }
+
+    #[test]
+    fn rate_limiter_window() {
+        let rl = RateLimiter::new(2, 60_000);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(rl.check(ip, 0).is_ok());
+        assert!(rl.check(ip, 1).is_ok());
+        assert_eq!(rl.check(ip, 2), Err(60));
+        assert!(rl.check(ip, 60_000).is_ok());
+    }
+}

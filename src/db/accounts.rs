@@ -1,0 +1,177 @@
+//! Accounts, users and credentials: bootstrap of an empty database, and credential look-up by hash.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Reader, Tx};
+use crate::auth;
+use crate::domain::time::Millis;
+use crate::domain::{Actor, AuditEntry};
+use crate::error::Result;
+
+/// The built-in account that owns anonymously created share sessions.
+pub const ANONYMOUS_ACCOUNT: &str = "anonymous";
+/// The account `serve` creates on an empty database.
+pub const PERSONAL_ACCOUNT: &str = "personal";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    Login,
+    ApiKey,
+    ServiceKey,
+}
+
+/// A credential found by the hash of what a caller presented.
+#[derive(Clone, Debug)]
+pub struct Credential {
+    pub id: i64,
+    pub uid: String,
+    pub kind: CredentialKind,
+    pub account_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub scopes: Vec<String>,
+    pub service_role: Option<String>,
+    pub expires_at: Option<Millis>,
+    pub idle_expires_at: Option<Millis>,
+    pub revoked: bool,
+}
+
+impl Credential {
+    pub fn usable(&self, now: Millis) -> bool {
+        !self.revoked
+            && self.expires_at.is_none_or(|t| now < t)
+            && self.idle_expires_at.is_none_or(|t| now < t)
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope || s == "*")
+    }
+}
+
+impl Reader {
+    pub fn credential_by_hash(&self, hash: &[u8]) -> Result<Option<Credential>> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT id, uid, kind, account_id, user_id, scopes, service_role, expires_at, idle_expires_at,
+                        revoked_at IS NOT NULL
+                 FROM credentials WHERE token_hash = ?1",
+            )?
+            .query_row([hash], |r| {
+                let kind: String = r.get(2)?;
+                let scopes: String = r.get(5)?;
+                Ok(Credential {
+                    id: r.get(0)?,
+                    uid: r.get(1)?,
+                    kind: match kind.as_str() {
+                        "login" => CredentialKind::Login,
+                        "api_key" => CredentialKind::ApiKey,
+                        _ => CredentialKind::ServiceKey,
+                    },
+                    account_id: r.get(3)?,
+                    user_id: r.get(4)?,
+                    scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+                    service_role: r.get(6)?,
+                    expires_at: r.get(7)?,
+                    idle_expires_at: r.get(8)?,
+                    revoked: r.get(9)?,
+                })
+            })
+            .optional()?;
+        Ok(row)
+    }
+
+    pub fn account_id_by_name(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id FROM accounts WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?)
+    }
+}
+
+/// A new API or service key to store; the caller already holds the plain value.
+pub struct NewKey<'a> {
+    pub token: &'a str,
+    pub kind: CredentialKind,
+    pub name: &'a str,
+    pub account_id: Option<i64>,
+    pub user_id: Option<i64>,
+    pub scopes: &'a [String],
+    pub service_role: Option<&'a str>,
+    pub expires_at: Option<Millis>,
+}
+
+pub fn insert_key(tx: &Tx, key: &NewKey, actor: &Actor, now: Millis) -> Result<String> {
+    let uid = auth::uuid_v4();
+    let kind = match key.kind {
+        CredentialKind::Login => "login",
+        CredentialKind::ApiKey => "api_key",
+        CredentialKind::ServiceKey => "service_key",
+    };
+    let prefix: String = key.token.chars().take(8).collect();
+    tx.conn
+        .prepare_cached(
+            "INSERT INTO credentials (uid, kind, token_hash, prefix, name, account_id, user_id, scopes,
+                                      service_role, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?
+        .execute(params![
+            uid,
+            kind,
+            &auth::token_hash(key.token)[..],
+            prefix,
+            key.name,
+            key.account_id,
+            key.user_id,
+            serde_json::to_string(key.scopes)?,
+            key.service_role,
+            now,
+            key.expires_at,
+        ])?;
+    let entry = AuditEntry::new(key.account_id, actor, "key.created", "key", &uid)
+        .summary(format!("{kind} {prefix}… created"))
+        .metadata(serde_json::json!({ "kind": kind, "name": key.name, "scopes": key.scopes, "service_role": key.service_role }));
+    super::audit::record(tx, &entry, now)?;
+    Ok(uid)
+}
+
+/// Creates the built-in accounts and, on an empty database, the admin user. Returns the generated
+/// admin password when one had to be made up (the caller prints it once).
+pub fn bootstrap(conn: &mut Connection, admin_email: &str, admin_password: Option<&str>, now: Millis) -> Result<Option<String>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for (name, kind) in [(ANONYMOUS_ACCOUNT, "system"), (PERSONAL_ACCOUNT, "personal")] {
+        tx.prepare_cached(
+            "INSERT INTO accounts (uid, name, kind, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO NOTHING",
+        )?
+        .execute(params![auth::uuid_v4(), name, kind, now])?;
+    }
+    let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+    let mut generated = None;
+    if users == 0 {
+        let password = match admin_password {
+            Some(p) => p.to_string(),
+            None => {
+                let p = auth::random_alnum(20);
+                generated = Some(p.clone());
+                p
+            }
+        };
+        let uid = auth::uuid_v4();
+        tx.prepare_cached(
+            "INSERT INTO users (uid, email, name, password_hash, created_at) VALUES (?1, ?2, 'Administrator', ?3, ?4)",
+        )?
+        .execute(params![uid, admin_email, auth::hash_password(&password), now])?;
+        let user_id = tx.last_insert_rowid();
+        let account_id: i64 =
+            tx.query_row("SELECT id FROM accounts WHERE name = ?1", [PERSONAL_ACCOUNT], |r| r.get(0))?;
+        tx.prepare_cached(
+            "INSERT INTO memberships (account_id, user_id, role, created_at) VALUES (?1, ?2, 'owner', ?3)",
+        )?
+        .execute(params![account_id, user_id, now])?;
+        let entry = AuditEntry::new(Some(account_id), &Actor::system(), "user.created", "user", &uid)
+            .summary(format!("bootstrap admin {admin_email} created"));
+        super::audit::record(&Tx { conn: &tx }, &entry, now)?;
+    }
+    tx.commit()?;
+    Ok(generated)
+}

@@ -1,0 +1,102 @@
+//! The store: the only module that touches rusqlite.
+//!
+//! [`open`] is the one place a connection is configured. The writer thread ([`writer`]) owns the single
+//! read-write connection and group-commits; every worker thread owns a [`Reader`] on its own read-only
+//! connection. Query functions live next to their SQL in one file per concern.
+
+pub mod accounts;
+pub mod audit;
+pub mod migrate;
+pub mod shares;
+pub mod writer;
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use writer::Writer;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
+/// Opens and configures a connection. WAL is set (and persisted in the file) by the read-write
+/// connection; readers only inherit it.
+pub fn open(path: &Path, access: Access, synchronous_full: bool) -> Result<Connection> {
+    let flags = match access {
+        Access::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+        Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        Error::Internal(format!("cannot open database {}: {e}", path.display()))
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    let sync = if synchronous_full { "FULL" } else { "NORMAL" };
+    let pragmas = match access {
+        Access::ReadWrite => format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;
+             PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8000; PRAGMA wal_autocheckpoint = 4000;"
+        ),
+        Access::ReadOnly => {
+            "PRAGMA foreign_keys = ON; PRAGMA query_only = ON; PRAGMA cache_size = -2000; PRAGMA temp_store = MEMORY;"
+                .to_string()
+        }
+    };
+    conn.execute_batch(&pragmas)?;
+    if access == Access::ReadWrite {
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Internal(format!("the database refused WAL mode (journal_mode = {mode})")));
+        }
+    }
+    Ok(conn)
+}
+
+/// A worker's read-only view of the store.
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader> {
+        Ok(Reader { conn: open(path, Access::ReadOnly, true)? })
+    }
+
+    /// True when the database answers a trivial query (for `/readyz`).
+    pub fn ping(&self) -> bool {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM sqlite_schema")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+            .is_ok()
+    }
+}
+
+/// What a writer job sees: the write connection, inside the job's savepoint.
+pub struct Tx<'a> {
+    conn: &'a Connection,
+}
+
+/// `true` when `e` is a violation of a UNIQUE constraint that mentions `column`.
+fn is_unique_violation(e: &rusqlite::Error, column: &str) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(f, Some(msg)) => {
+            f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE && msg.contains(column)
+        }
+        _ => false,
+    }
+}
+
+/// Runs `PRAGMA integrity_check` and returns its verdict (`"ok"` when sound).
+pub fn integrity_check(conn: &Connection) -> Result<String> {
+    let rows: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")?
+        .query_map([], |r| r.get(0))?
+        .collect::<std::result::Result<_, _>>()?;
+    Ok(rows.join("; "))
+}

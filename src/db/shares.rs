@@ -1,0 +1,337 @@
+//! Share sessions, their scoped tokens, viewers and kicks.
+
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::{Reader, Tx, is_unique_violation};
+use crate::domain::share::{AuthMode, Policy, Share, new_slug};
+use crate::domain::time::Millis;
+use crate::error::{Error, Result};
+
+const SHARE_COLUMNS: &str = "s.id, s.uid, s.account_id, sh.slug, sh.owner_token_hash, sh.port, sh.auth_mode,
+    sh.basic_password_hash, sh.policy_public, sh.policy_max_viewers, sh.policy_block_paths,
+    sh.policy_password_hash, s.status, s.created_at, s.expires_at";
+
+fn share_from_row(r: &Row) -> rusqlite::Result<Share> {
+    let auth_mode: String = r.get(6)?;
+    let block_paths: String = r.get(10)?;
+    let status: String = r.get(12)?;
+    Ok(Share {
+        id: r.get(0)?,
+        uid: r.get(1)?,
+        account_id: r.get(2)?,
+        slug: r.get(3)?,
+        owner_token_hash: r.get(4)?,
+        port: r.get(5)?,
+        auth_mode: AuthMode::parse(&auth_mode).unwrap_or(AuthMode::None),
+        basic_password_hash: r.get(7)?,
+        policy: Policy {
+            public: r.get(8)?,
+            max_viewers: r.get(9)?,
+            block_paths: serde_json::from_str(&block_paths).unwrap_or_default(),
+            password_hash: r.get(11)?,
+        },
+        closed: status != "active",
+        created_at: r.get(13)?,
+        expires_at: r.get::<_, Option<Millis>>(14)?.unwrap_or(Millis::MAX),
+    })
+}
+
+/// A viewer as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ViewerRow {
+    pub viewer_id: String,
+    pub last_seen_at: Millis,
+    pub requests: i64,
+    pub ip: Option<String>,
+    pub password_ok: bool,
+}
+
+/// A scoped tunnel token as stored.
+pub struct ScopedToken {
+    pub session_id: i64,
+    pub scopes: Vec<String>,
+    pub expires_at: Millis,
+}
+
+/// A share session due for expiry, or one whose viewers are being aged out.
+pub struct ShareRef {
+    pub id: i64,
+    pub uid: String,
+    pub account_id: i64,
+}
+
+impl Reader {
+    pub fn share_by_uid(&self, uid: &str) -> Result<Option<Share>> {
+        let sql = format!(
+            "SELECT {SHARE_COLUMNS} FROM sessions s JOIN shares sh ON sh.session_id = s.id WHERE s.uid = ?1"
+        );
+        Ok(self.conn.prepare_cached(&sql)?.query_row([uid], share_from_row).optional()?)
+    }
+
+    pub fn share_by_slug(&self, slug: &str) -> Result<Option<Share>> {
+        let sql = format!(
+            "SELECT {SHARE_COLUMNS} FROM shares sh JOIN sessions s ON s.id = sh.session_id WHERE sh.slug = ?1"
+        );
+        Ok(self.conn.prepare_cached(&sql)?.query_row([slug], share_from_row).optional()?)
+    }
+
+    pub fn share_viewers(&self, session_id: i64) -> Result<Vec<ViewerRow>> {
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT viewer_id, last_seen_at, requests, ip, password_ok FROM viewers WHERE session_id = ?1",
+            )?
+            .query_map([session_id], |r| {
+                Ok(ViewerRow {
+                    viewer_id: r.get(0)?,
+                    last_seen_at: r.get(1)?,
+                    requests: r.get(2)?,
+                    ip: r.get(3)?,
+                    password_ok: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    pub fn share_kicked(&self, session_id: i64) -> Result<Vec<String>> {
+        let rows = self
+            .conn
+            .prepare_cached("SELECT viewer_id FROM kicked_viewers WHERE session_id = ?1 ORDER BY id")?
+            .query_map([session_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    pub fn scoped_token(&self, hash: &[u8]) -> Result<Option<ScopedToken>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT session_id, scopes, expires_at FROM share_tokens WHERE token_hash = ?1")?
+            .query_row([hash], |r| {
+                let scopes: String = r.get(1)?;
+                Ok(ScopedToken {
+                    session_id: r.get(0)?,
+                    scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+                    expires_at: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    pub fn share_slug_by_id(&self, session_id: i64) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT slug FROM shares WHERE session_id = ?1")?
+            .query_row([session_id], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Live share sessions whose expiry has passed, oldest first.
+    pub fn shares_due(&self, now: Millis, limit: usize) -> Result<Vec<ShareRef>> {
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT id, uid, account_id FROM sessions
+                 WHERE ended_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?1 AND dialect = 'share'
+                 ORDER BY expires_at LIMIT ?2",
+            )?
+            .query_map(params![now, limit as i64], |r| {
+                Ok(ShareRef { id: r.get(0)?, uid: r.get(1)?, account_id: r.get(2)? })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// Stored viewers not seen since `cutoff`, with their session.
+    pub fn idle_viewers(&self, cutoff: Millis, limit: usize) -> Result<Vec<(ShareRef, String)>> {
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT s.id, s.uid, s.account_id, v.viewer_id FROM viewers v JOIN sessions s ON s.id = v.session_id
+                 WHERE v.last_seen_at < ?1 ORDER BY v.last_seen_at LIMIT ?2",
+            )?
+            .query_map(params![cutoff, limit as i64], |r| {
+                Ok((ShareRef { id: r.get(0)?, uid: r.get(1)?, account_id: r.get(2)? }, r.get(3)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+}
+
+/// What creating a share session stores; the plain secrets never reach this layer.
+pub struct NewShare {
+    pub uid: String,
+    pub account_id: i64,
+    pub owner_token_hash: [u8; 32],
+    pub port: Option<i64>,
+    pub auth_mode: AuthMode,
+    pub basic_password_hash: Option<String>,
+    pub ip: Option<String>,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+}
+
+/// Inserts a share session under a fresh slug, drawing again on the rare collision. Returns the slug
+/// and the row id.
+pub fn insert_share(tx: &Tx, share: &NewShare) -> Result<(String, i64)> {
+    tx.conn
+        .prepare_cached(
+            "INSERT INTO sessions (uid, dialect, account_id, status, ip_address, created_at, expires_at)
+             VALUES (?1, 'share', ?2, 'active', ?3, ?4, ?5)",
+        )?
+        .execute(params![share.uid, share.account_id, share.ip, share.created_at, share.expires_at])?;
+    let id = tx.conn.last_insert_rowid();
+    let policy = Policy::default();
+    for _ in 0..16 {
+        let slug = new_slug();
+        let inserted = tx
+            .conn
+            .prepare_cached(
+                "INSERT INTO shares (session_id, slug, owner_token_hash, port, auth_mode, basic_password_hash,
+                                     policy_public, policy_max_viewers, policy_block_paths)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '[]')",
+            )?
+            .execute(params![
+                id,
+                slug,
+                &share.owner_token_hash[..],
+                share.port,
+                share.auth_mode.as_str(),
+                share.basic_password_hash,
+                policy.public,
+                policy.max_viewers,
+            ]);
+        match inserted {
+            Ok(_) => return Ok((slug, id)),
+            Err(e) if is_unique_violation(&e, "slug") => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::Internal("could not allocate a free slug in 16 draws".into()))
+}
+
+/// The current policy, read inside the writer so that concurrent partial updates compose.
+pub fn policy_for_update(tx: &Tx, session_id: i64) -> Result<Option<Policy>> {
+    Ok(tx
+        .conn
+        .prepare_cached(
+            "SELECT policy_public, policy_max_viewers, policy_block_paths, policy_password_hash
+             FROM shares WHERE session_id = ?1",
+        )?
+        .query_row([session_id], |r| {
+            let block_paths: String = r.get(2)?;
+            Ok(Policy {
+                public: r.get(0)?,
+                max_viewers: r.get(1)?,
+                block_paths: serde_json::from_str(&block_paths).unwrap_or_default(),
+                password_hash: r.get(3)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Stores a policy. When the password changed, every viewer must pass it again.
+pub fn update_policy(tx: &Tx, session_id: i64, policy: &Policy, password_changed: bool) -> Result<()> {
+    tx.conn
+        .prepare_cached(
+            "UPDATE shares SET policy_public = ?2, policy_max_viewers = ?3, policy_block_paths = ?4,
+                               policy_password_hash = ?5
+             WHERE session_id = ?1",
+        )?
+        .execute(params![
+            session_id,
+            policy.public,
+            policy.max_viewers,
+            serde_json::to_string(&policy.block_paths)?,
+            policy.password_hash,
+        ])?;
+    if password_changed {
+        tx.conn
+            .prepare_cached("UPDATE viewers SET password_ok = 0 WHERE session_id = ?1")?
+            .execute([session_id])?;
+    }
+    Ok(())
+}
+
+/// Records a kick (idempotent) and forgets the viewer; returns whether it was new.
+pub fn kick(tx: &Tx, session_id: i64, viewer_id: &str, now: Millis) -> Result<bool> {
+    let added = tx
+        .conn
+        .prepare_cached(
+            "INSERT INTO kicked_viewers (session_id, viewer_id, kicked_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (session_id, viewer_id) DO NOTHING",
+        )?
+        .execute(params![session_id, viewer_id, now])?;
+    delete_viewers(tx, session_id, &[viewer_id.to_string()])?;
+    Ok(added > 0)
+}
+
+/// Ends a live share session; returns false when it had already ended.
+pub fn end(tx: &Tx, session_id: i64, reason: &str, now: Millis) -> Result<bool> {
+    let n = tx
+        .conn
+        .prepare_cached(
+            "UPDATE sessions SET status = 'closed', end_reason = ?2, ended_at = ?3
+             WHERE id = ?1 AND ended_at IS NULL",
+        )?
+        .execute(params![session_id, reason, now])?;
+    Ok(n > 0)
+}
+
+/// Removes a share session with its tokens, viewers and kicks.
+pub fn delete(tx: &Tx, session_id: i64) -> Result<bool> {
+    let n = tx.conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?.execute([session_id])?;
+    Ok(n > 0)
+}
+
+pub fn insert_scoped_token(
+    tx: &Tx,
+    session_id: i64,
+    token_hash: &[u8],
+    name: &str,
+    scopes: &[String],
+    now: Millis,
+    expires_at: Millis,
+) -> Result<()> {
+    tx.conn
+        .prepare_cached(
+            "INSERT INTO share_tokens (session_id, token_hash, name, scopes, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![session_id, token_hash, name, serde_json::to_string(scopes)?, now, expires_at])?;
+    Ok(())
+}
+
+/// Writes absorbed viewer activity. Rows of sessions deleted meanwhile are skipped.
+pub fn upsert_viewers(tx: &Tx, batch: &[(i64, ViewerRow)]) -> Result<()> {
+    let mut stmt = tx.conn.prepare_cached(
+        "INSERT INTO viewers (session_id, viewer_id, last_seen_at, requests, ip, password_ok)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?1)
+         ON CONFLICT (session_id, viewer_id) DO UPDATE SET
+            last_seen_at = max(last_seen_at, excluded.last_seen_at), requests = excluded.requests,
+            ip = coalesce(excluded.ip, ip), password_ok = excluded.password_ok",
+    )?;
+    for (session_id, v) in batch {
+        stmt.execute(params![session_id, v.viewer_id, v.last_seen_at, v.requests, v.ip, v.password_ok])?;
+    }
+    Ok(())
+}
+
+pub fn delete_viewers(tx: &Tx, session_id: i64, viewer_ids: &[String]) -> Result<()> {
+    let mut stmt = tx.conn.prepare_cached("DELETE FROM viewers WHERE session_id = ?1 AND viewer_id = ?2")?;
+    for id in viewer_ids {
+        stmt.execute(params![session_id, id])?;
+    }
+    Ok(())
+}
+
+/// Deletes up to `limit` expired scoped tokens; returns how many went.
+pub fn delete_expired_tokens(tx: &Tx, now: Millis, limit: usize) -> Result<usize> {
+    let n = tx
+        .conn
+        .prepare_cached(
+            "DELETE FROM share_tokens WHERE id IN (SELECT id FROM share_tokens WHERE expires_at <= ?1 LIMIT ?2)",
+        )?
+        .execute(params![now, limit as i64])?;
+    Ok(n)
+}

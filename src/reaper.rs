@@ -1,0 +1,173 @@
+//! The reaper: one thread that flushes viewer activity and sweeps what time has ended (SPEC §8).
+//!
+//! Every sweep works in bounded batches (at most [`BATCH`] rows per transaction and
+//! [`MAX_BATCHES_PER_TICK`] transactions per kind per tick), so a backlog — say 100,000 sessions
+//! expiring at once, or a clock jump — is worked off over several ticks without holding the write
+//! lock for long. Decisions use the wall-clock times stored in rows. Every ended session and every
+//! aged-out viewer batch writes audit rows with actor `system`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::db::{Reader, Writer, audit, shares};
+use crate::domain::time::{Millis, now_ms};
+use crate::domain::{Actor, AuditEntry};
+use crate::error::Result;
+use crate::server::App;
+use crate::viewers::Viewers;
+
+/// Rows per transaction.
+pub const BATCH: usize = 500;
+/// Transactions per kind of work per tick.
+pub const MAX_BATCHES_PER_TICK: usize = 8;
+/// Viewer activity reaches the store at least this often.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Reaper {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+pub fn start(app: Arc<App>, reader: Reader) -> Result<Reaper> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new().name("reaper".into()).spawn(move || run(&app, &reader, &flag))?;
+    Ok(Reaper { stop, thread })
+}
+
+impl Reaper {
+    /// Stops the thread after a last flush of viewer activity.
+    pub fn stop(self, deadline: Instant) {
+        self.stop.store(true, Ordering::SeqCst);
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.thread.is_finished() {
+            let _ = self.thread.join();
+        } else {
+            log::warn!("the reaper did not stop before the shutdown timeout");
+        }
+    }
+}
+
+fn run(app: &App, reader: &Reader, stop: &AtomicBool) {
+    let interval = Duration::from_millis(app.cfg.reap_interval as u64);
+    let flush_every = FLUSH_EVERY.min(interval);
+    let mut last_sweep = Instant::now();
+    let mut last_flush = Instant::now();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(20).min(flush_every));
+        if last_flush.elapsed() >= flush_every {
+            last_flush = Instant::now();
+            flush_viewers(&app.viewers, &app.writer);
+        }
+        if last_sweep.elapsed() >= interval {
+            last_sweep = Instant::now();
+            if let Err(e) = sweep(app, reader, now_ms()) {
+                log::error!("reaper sweep failed: {e}");
+            }
+        }
+    }
+    flush_viewers(&app.viewers, &app.writer);
+}
+
+/// Writes absorbed viewer activity; on failure it stays pending for the next flush.
+pub fn flush_viewers(viewers: &Viewers, writer: &Writer) {
+    let batch = viewers.take_dirty();
+    if batch.is_empty() {
+        return;
+    }
+    for chunk in batch.chunks(4 * BATCH) {
+        let rows = chunk.to_vec();
+        if let Err(e) = writer.exec(move |tx| shares::upsert_viewers(tx, &rows)) {
+            log::warn!("flushing {} viewer updates failed, will retry: {e}", chunk.len());
+            viewers.restore_dirty(chunk);
+        }
+    }
+}
+
+/// One pass over everything time can end.
+pub fn sweep(app: &App, reader: &Reader, now: Millis) -> Result<()> {
+    for _ in 0..MAX_BATCHES_PER_TICK {
+        if expire_shares(app, reader, now)? < BATCH {
+            break;
+        }
+    }
+    for _ in 0..MAX_BATCHES_PER_TICK {
+        if age_out_viewers(app, reader, now)? < BATCH {
+            break;
+        }
+    }
+    for _ in 0..MAX_BATCHES_PER_TICK {
+        if app.writer.exec(move |tx| shares::delete_expired_tokens(tx, now, BATCH))? < BATCH {
+            break;
+        }
+    }
+    let cutoff = now - app.cfg.audit_retention;
+    for _ in 0..MAX_BATCHES_PER_TICK {
+        if app.writer.exec(move |tx| audit::prune(tx, cutoff, BATCH))? < BATCH {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Closes share sessions past their expiry; returns how many were due.
+fn expire_shares(app: &App, reader: &Reader, now: Millis) -> Result<usize> {
+    let due = reader.shares_due(now, BATCH)?;
+    let count = due.len();
+    if count == 0 {
+        return Ok(0);
+    }
+    let ended = app.writer.exec(move |tx| {
+        let mut ended = Vec::with_capacity(due.len());
+        for s in &due {
+            if shares::end(tx, s.id, "expired", now)? {
+                let entry = AuditEntry::new(Some(s.account_id), &Actor::system(), "session.expired", "share_session", &s.uid)
+                    .summary("share session expired");
+                audit::record(tx, &entry, now)?;
+                ended.push(s.id);
+            }
+        }
+        Ok(ended)
+    })?;
+    for id in ended {
+        app.viewers.forget(id);
+    }
+    Ok(count)
+}
+
+/// Removes viewers idle longer than `viewer_idle_timeout`, one audit row per session.
+fn age_out_viewers(app: &App, reader: &Reader, now: Millis) -> Result<usize> {
+    let cutoff = now - app.cfg.viewer_idle_timeout;
+    app.viewers.remove_idle(cutoff);
+    let idle = reader.idle_viewers(cutoff, BATCH)?;
+    let count = idle.len();
+    let mut by_session: BTreeMap<i64, (String, i64, Vec<String>)> = BTreeMap::new();
+    for (share, viewer_id) in idle {
+        // Activity absorbed since the last flush keeps a viewer.
+        if app.viewers.is_active(share.id, &viewer_id, cutoff) {
+            continue;
+        }
+        by_session.entry(share.id).or_insert_with(|| (share.uid, share.account_id, Vec::new())).2.push(viewer_id);
+    }
+    if by_session.is_empty() {
+        return Ok(count);
+    }
+    app.writer.exec(move |tx| {
+        for (id, (uid, account, viewer_ids)) in &by_session {
+            shares::delete_viewers(tx, *id, viewer_ids)?;
+            let entry = AuditEntry::new(Some(*account), &Actor::system(), "viewer.aged_out", "share_session", uid)
+                .summary(format!("{} idle viewer(s) aged out", viewer_ids.len()))
+                .metadata(json!({ "viewerIds": viewer_ids }));
+            audit::record(tx, &entry, now)?;
+        }
+        Ok(())
+    })?;
+    Ok(count)
+}

@@ -1,0 +1,127 @@
+//! THE routing table: one `match` on (method, path segments) for every endpoint of every dialect.
+//!
+//! Each arm names the route template (for the access log and metrics), the dialect (for the error
+//! envelope) and the handler. Nothing else routes: no middleware, no registration at a distance.
+
+use crate::api::share::Via;
+use crate::api::{ops, share};
+use crate::error::{Dialect, Error, Result};
+use crate::server::{Ctx, Req, Resp};
+
+type Handler<'a> = Box<dyn FnOnce(&Ctx, &Req) -> Result<Resp> + 'a>;
+
+/// Finds the route for `method` and `segments`: its template, dialect and handler.
+fn lookup<'a>(method: &str, segments: &'a [&'a str]) -> Option<(&'static str, Dialect, Handler<'a>)> {
+    use Dialect::{Runtime, Share};
+    let route: (&'static str, Dialect, Handler<'a>) = match (method, segments) {
+        // Operations
+        ("GET", ["healthz"]) => ("/healthz", Runtime, Box::new(ops::healthz)),
+        ("GET", ["readyz"]) => ("/readyz", Runtime, Box::new(ops::readyz)),
+        ("GET", ["version"]) => ("/version", Runtime, Box::new(ops::version)),
+
+        // Share sessions (Wormkey)
+        ("POST", ["sessions"]) => ("/sessions", Share, Box::new(share::create)),
+        ("GET", ["sessions", "by-slug", slug]) => {
+            ("/sessions/by-slug/:slug", Share, Box::new(move |c, r| share::get_by_slug(c, r, slug)))
+        }
+        ("GET", ["sessions", id]) => ("/sessions/:id", Share, Box::new(move |c, r| share::get(c, r, id))),
+        ("DELETE", ["sessions", id]) => ("/sessions/:id", Share, Box::new(move |c, r| share::delete(c, r, id))),
+        ("GET", ["owner", "sessions", "by-slug", slug]) => {
+            ("/owner/sessions/by-slug/:slug", Share, Box::new(move |c, r| share::owner_get_by_slug(c, r, slug)))
+        }
+        ("POST", ["owner", "sessions", id, "tokens"]) => {
+            ("/owner/sessions/:id/tokens", Share, Box::new(move |c, r| share::create_token(c, r, id)))
+        }
+        ("POST", ["owner" | "sessions", ..]) | ("POST", ["internal", "sessions", "by-slug", _, _]) => {
+            return by_slug_action(segments);
+        }
+        ("POST", ["internal", "sessions", "validate"]) => {
+            ("/internal/sessions/validate", Share, Box::new(share::validate))
+        }
+        ("GET", ["internal", "sessions", "by-slug", slug]) => {
+            ("/internal/sessions/by-slug/:slug", Share, Box::new(move |c, r| share::internal_get_by_slug(c, r, slug)))
+        }
+        _ => return None,
+    };
+    Some(route)
+}
+
+/// `POST {/owner,}/sessions/by-slug/:slug/<action>` and `POST /internal/sessions/by-slug/:slug/<action>`.
+fn by_slug_action<'a>(segments: &'a [&'a str]) -> Option<(&'static str, Dialect, Handler<'a>)> {
+    use Dialect::Share;
+    let (prefix, slug, action) = match segments {
+        ["owner", "sessions", "by-slug", slug, action] => ("owner", *slug, *action),
+        ["sessions", "by-slug", slug, action] => ("sessions", *slug, *action),
+        ["internal", "sessions", "by-slug", slug, action] => ("internal", *slug, *action),
+        _ => return None,
+    };
+    let via = if prefix == "internal" { Via::Gateway } else { Via::OwnerOrGateway };
+    let handler: Handler<'a> = match (prefix, action) {
+        (_, "policy") => Box::new(move |c, r| share::set_policy(c, r, slug, via)),
+        (_, "kick") => Box::new(move |c, r| share::kick(c, r, slug, via)),
+        (_, "close") => Box::new(move |c, r| share::close(c, r, slug, via)),
+        ("internal" | "sessions", "viewers") => Box::new(move |c, r| share::report_viewers(c, r, slug, via)),
+        ("internal", "admit") => Box::new(move |c, r| share::admit(c, r, slug)),
+        _ => return None,
+    };
+    let template = match (prefix, action) {
+        ("owner", "policy") => "/owner/sessions/by-slug/:slug/policy",
+        ("owner", "kick") => "/owner/sessions/by-slug/:slug/kick",
+        ("owner", "close") => "/owner/sessions/by-slug/:slug/close",
+        ("sessions", "policy") => "/sessions/by-slug/:slug/policy",
+        ("sessions", "kick") => "/sessions/by-slug/:slug/kick",
+        ("sessions", "close") => "/sessions/by-slug/:slug/close",
+        ("sessions", _) => "/sessions/by-slug/:slug/viewers",
+        ("internal", "policy") => "/internal/sessions/by-slug/:slug/policy",
+        ("internal", "kick") => "/internal/sessions/by-slug/:slug/kick",
+        ("internal", "close") => "/internal/sessions/by-slug/:slug/close",
+        ("internal", "viewers") => "/internal/sessions/by-slug/:slug/viewers",
+        _ => "/internal/sessions/by-slug/:slug/admit",
+    };
+    Some((template, Share, handler))
+}
+
+/// The error envelope for a path, also for requests that match no route.
+pub fn dialect_of(path: &str) -> Dialect {
+    if path == "/api" || path.starts_with("/api/") {
+        Dialect::Workspace
+    } else if path == "/v1" || path.starts_with("/v1/") || matches!(path, "/healthz" | "/readyz" | "/version" | "/metrics") {
+        Dialect::Runtime
+    } else {
+        Dialect::Share
+    }
+}
+
+/// The route template of a request, for logs.
+pub fn route_of(method: &str, segments: &[String]) -> &'static str {
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    lookup(method, &segs).map(|(t, _, _)| t).unwrap_or("-")
+}
+
+/// Answers a request: (route template, response).
+pub fn dispatch(ctx: &Ctx, req: &Req) -> (&'static str, Resp) {
+    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    let dialect = dialect_of(&req.path);
+    let method = if req.method == "HEAD" { "GET" } else { req.method.as_str() };
+    match lookup(method, &segs) {
+        Some((template, dialect, handler)) => match handler(ctx, req) {
+            Ok(resp) => (template, resp),
+            Err(e) => {
+                if let Error::Internal(cause) = &e {
+                    log::error!("{} {template} [{}]: {cause}", req.method, req.request_id);
+                }
+                (template, e.into_resp(dialect))
+            }
+        },
+        None => {
+            let allowed: Vec<&str> =
+                ["GET", "POST", "PUT", "DELETE"].into_iter().filter(|m| lookup(m, &segs).is_some()).collect();
+            if allowed.is_empty() {
+                ("-", Error::NotFound("Not found".into()).into_resp(dialect))
+            } else {
+                let resp = Error::MethodNotAllowed.into_resp(dialect).header("Allow", allowed.join(", "));
+                ("-", resp)
+            }
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The HTTP edge: tiny_http workers, our own small request/response types, limits, the access log,
+//! panic containment, and the designed shutdown path.
+//!
+//! Handlers never see tiny_http: [`handle`] turns a `tiny_http::Request` into a [`Req`] (body already
+//! capped at `max_body`), asks `routes::dispatch` for a [`Resp`], and writes it back with an
+//! `X-Request-Id`. A panic inside a handler becomes a 500 and an `error!` line naming the route.
+//! tiny_http's accept loop stops for good after one accept error; a worker that receives that error
+//! ends the process with a non-zero exit so the supervisor restarts it, instead of living on deaf.
+
+use std::io::Read;
+use std::net::{IpAddr, TcpListener};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::auth::RateLimiter;
+use crate::config::Config;
+use crate::db::{self, Reader, Writer};
+use crate::domain::time::{Millis, now_ms};
+use crate::error::{Error, Result};
+use crate::viewers::Viewers;
+use crate::{reaper, routes};
+
+/// Everything the handlers share, built once at startup.
+pub struct App {
+    pub cfg: Config,
+    pub writer: Writer,
+    pub viewers: Viewers,
+    pub anonymous_shares: RateLimiter,
+    /// Set when shutdown begins: workers finish their request and stop taking new ones.
+    pub stopping: AtomicBool,
+    request_seq: AtomicU64,
+    request_prefix: String,
+}
+
+/// What a handler gets: the shared state, this worker's read connection, and the request's clock.
+pub struct Ctx<'a> {
+    pub app: &'a App,
+    pub db: &'a Reader,
+    pub now: Millis,
+}
+
+impl Ctx<'_> {
+    pub fn cfg(&self) -> &Config {
+        &self.app.cfg
+    }
+}
+
+/// A request as handlers see it.
+pub struct Req {
+    pub method: String,
+    /// The raw path, without the query string.
+    pub path: String,
+    /// The path's segments, percent-decoded.
+    pub segments: Vec<String>,
+    pub query: Vec<(String, String)>,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The client's address: the peer, or `X-Forwarded-For` when the peer is a trusted proxy.
+    pub client_ip: Option<IpAddr>,
+    pub request_id: String,
+}
+
+impl Req {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The token of `Authorization: Bearer <token>`.
+    pub fn bearer(&self) -> Option<&str> {
+        let value = self.header("authorization")?;
+        let (scheme, token) = value.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    }
+
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn client_ip_string(&self) -> Option<String> {
+        self.client_ip.map(|ip| ip.to_string())
+    }
+}
+
+/// A response as handlers produce it.
+pub struct Resp {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Resp {
+    pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Resp {
+        let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+        Resp { status, body, content_type: "application/json", headers: Vec::new() }
+    }
+
+    pub fn text(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Resp {
+        Resp { status, body: body.into(), content_type, headers: Vec::new() }
+    }
+
+    pub fn empty(status: u16) -> Resp {
+        Resp { status, body: Vec::new(), content_type: "application/json", headers: Vec::new() }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Resp {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT (exit code 0) or a fatal accept error (exit code 1).
+pub fn serve(cfg: Config) -> Result<i32> {
+    raise_file_limit();
+    let mut conn = db::open(&cfg.db, db::Access::ReadWrite, cfg.synchronous_full)?;
+    db::migrate::migrate(&mut conn)?;
+    let generated = db::accounts::bootstrap(&mut conn, &cfg.admin_email, cfg.admin_password.as_deref(), now_ms())?;
+    if let Some(password) = generated {
+        // Printed once, to stderr, never logged: the operator's only chance to read it.
+        eprintln!("sessiond: created admin user {} with password {password}", cfg.admin_email);
+        eprintln!("sessiond: store it now; it is not shown again (change it with `sessiond user passwd`)");
+    }
+    let writer = Writer::start(conn);
+
+    let listener = TcpListener::bind(cfg.listen)
+        .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let local = listener.local_addr()?;
+    let server = Arc::new(
+        tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| Error::Internal(format!("cannot start the HTTP server: {e}")))?,
+    );
+
+    let mut prefix = [0u8; 4];
+    crate::auth::random_bytes(&mut prefix);
+    let app = Arc::new(App {
+        viewers: Viewers::new(cfg.viewer_idle_timeout),
+        anonymous_shares: RateLimiter::new(cfg.anonymous_share_rate, 60_000),
+        writer,
+        stopping: AtomicBool::new(false),
+        request_seq: AtomicU64::new(0),
+        request_prefix: crate::auth::hex(&prefix),
+        cfg,
+    });
+
+    let term = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, term.clone())?;
+    }
+    let fatal = Arc::new(AtomicBool::new(false));
+
+    let mut workers = Vec::with_capacity(app.cfg.threads);
+    for i in 0..app.cfg.threads {
+        let reader = Reader::open(&app.cfg.db)?;
+        let (app, server, fatal) = (app.clone(), server.clone(), fatal.clone());
+        let worker = std::thread::Builder::new()
+            .name(format!("worker-{i}"))
+            .spawn(move || work(&app, &server, &reader, &fatal))?;
+        workers.push(worker);
+    }
+    let reaper = reaper::start(app.clone(), Reader::open(&app.cfg.db)?)?;
+
+    log::info!("sessiond {} listening on http://{local} with {} workers", env!("CARGO_PKG_VERSION"), app.cfg.threads);
+    eprintln!("sessiond: listening on http://{local}");
+    notify_systemd("READY=1");
+
+    while !term.load(Ordering::SeqCst) && !fatal.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Shutdown: stop taking requests, finish in-flight ones, flush viewer activity, checkpoint.
+    let deadline = Instant::now() + Duration::from_millis(app.cfg.shutdown_timeout as u64);
+    let failed = fatal.load(Ordering::SeqCst);
+    log::info!("shutting down ({})", if failed { "accept failure" } else { "signal" });
+    notify_systemd("STOPPING=1");
+    app.stopping.store(true, Ordering::SeqCst);
+    for worker in workers {
+        while !worker.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if worker.is_finished() {
+            let _ = worker.join();
+        } else {
+            log::warn!("a worker did not finish its request before the shutdown timeout");
+        }
+    }
+    drop(server);
+    reaper.stop(deadline);
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+    app.writer.shutdown(left);
+    log::info!("stopped");
+    Ok(if failed { 1 } else { 0 })
+}
+
+fn work(app: &App, server: &tiny_http::Server, db: &Reader, fatal: &AtomicBool) {
+    while !app.stopping.load(Ordering::SeqCst) {
+        match server.recv_timeout(Duration::from_millis(100)) {
+            Ok(Some(request)) => handle(app, db, request),
+            Ok(None) => {}
+            Err(e) => {
+                // tiny_http's accept loop has ended; this process would never accept again.
+                log::error!("accepting connections failed: {e}; exiting so the supervisor can restart sessiond");
+                fatal.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+}
+
+fn handle(app: &App, db: &Reader, mut request: tiny_http::Request) {
+    let started = Instant::now();
+    let request_id = request_id(app, &request);
+    let method = request.method().as_str().to_ascii_uppercase();
+    let url = request.url().to_string();
+    let (path, query_string) = url.split_once('?').unwrap_or((&url, ""));
+    let peer = request.remote_addr().map(|a| a.ip());
+    let headers: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+        .collect();
+    let client_ip = client_ip(&app.cfg, peer, &headers);
+    let dialect = routes::dialect_of(path);
+
+    let (route, resp) = match read_body(&mut request, app.cfg.max_body) {
+        Err(e) => ("-", e.into_resp(dialect)),
+        Ok(body) => match (decode_segments(path), parse_query(query_string)) {
+            (Some(segments), Some(query)) => {
+                let req = Req {
+                    method: method.clone(),
+                    path: path.to_string(),
+                    segments,
+                    query,
+                    headers,
+                    body,
+                    client_ip,
+                    request_id: request_id.clone(),
+                };
+                let ctx = Ctx { app, db, now: now_ms() };
+                match catch_unwind(AssertUnwindSafe(|| routes::dispatch(&ctx, &req))) {
+                    Ok(answer) => answer,
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        let route = routes::route_of(&req.method, &req.segments);
+                        log::error!("panic while handling {method} {route} [{request_id}]: {what}");
+                        (route, Error::Internal("panic".into()).into_resp(dialect))
+                    }
+                }
+            }
+            _ => ("-", Error::bad_request("Invalid percent-encoding in the request target").into_resp(dialect)),
+        },
+    };
+    if resp.status == 500 {
+        log::error!("500 for {method} {route} [{request_id}]");
+    }
+
+    let status = resp.status;
+    let bytes = resp.body.len();
+    let mut response = tiny_http::Response::from_data(resp.body).with_status_code(status);
+    for (name, value) in std::iter::once(("Content-Type", resp.content_type.to_string()))
+        .chain(std::iter::once(("X-Request-Id", request_id.clone())))
+        .chain(resp.headers)
+    {
+        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(h);
+        }
+    }
+    if let Err(e) = request.respond(response) {
+        log::debug!("could not write the response [{request_id}]: {e}");
+    }
+    let ip = client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+    log::info!(
+        target: "sessiond::access",
+        "{request_id} {ip} {method} {route} {status} {bytes} {:.1}ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+fn request_id(app: &App, request: &tiny_http::Request) -> String {
+    let given = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("X-Request-Id"))
+        .map(|h| h.value.as_str())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    match given {
+        Some(v) => v.to_string(),
+        None => format!("{}{:08x}", app.request_prefix, app.request_seq.fetch_add(1, Ordering::Relaxed)),
+    }
+}
+
+/// Reads the body, refusing more than `max` bytes with 413 before reading them when the length is
+/// declared.
+fn read_body(request: &mut tiny_http::Request, max: usize) -> Result<Vec<u8>> {
+    let too_large = || Error::PayloadTooLarge(format!("Request body is larger than {max} bytes"));
+    if request.body_length().is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(request.body_length().unwrap_or(0).min(max));
+    request
+        .as_reader()
+        .take(max as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|_| Error::bad_request("Could not read the request body"))?;
+    if body.len() > max {
+        return Err(too_large());
+    }
+    Ok(body)
+}
+
+fn client_ip(cfg: &Config, peer: Option<IpAddr>, headers: &[(String, String)]) -> Option<IpAddr> {
+    let peer = peer?;
+    if !cfg.trusted_proxies.contains(&peer) {
+        return Some(peer);
+    }
+    // The right-most address that is not itself a trusted proxy is the client.
+    let forwarded = headers.iter().filter(|(k, _)| k == "x-forwarded-for").map(|(_, v)| v.as_str());
+    let mut chain: Vec<IpAddr> =
+        forwarded.flat_map(|v| v.split(',')).filter_map(|s| s.trim().parse().ok()).collect();
+    while let Some(ip) = chain.pop() {
+        if !cfg.trusted_proxies.contains(&ip) {
+            return Some(ip);
+        }
+    }
+    Some(peer)
+}
+
+fn decode_segments(path: &str) -> Option<Vec<String>> {
+    path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect()
+}
+
+fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
+    query
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(&k.replace('+', " "))?, percent_decode(&v.replace('+', " "))?))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Raises the soft limit on open files to the hard limit: each connection costs a descriptor and
+/// tiny_http's accept loop dies on EMFILE.
+fn raise_file_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                log::warn!("could not raise the open-file limit above {}", lim.rlim_cur);
+            }
+        }
+    }
+}
+
+/// Tells systemd (`Type=notify`) about our state, when started by it. A no-op elsewhere.
+pub fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let path = path.to_string_lossy().into_owned();
+    let socket = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let sent = if let Some(abstract_name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        socket.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        log::warn!("could not notify systemd ({state}): {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b").as_deref(), Some("a b"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+    }
+}

@@ -1,0 +1,431 @@
+//! Live viewers of share sessions, and the admission decision that reads and updates them (SPEC §4).
+//!
+//! Viewer activity is absorbed here, in memory, and flushed to SQLite in batches by the reaper thread
+//! (at least once a second and at shutdown): an admitted request never waits for a disk write. Each
+//! session's entry is loaded from the store on first use and guarded by a sharded mutex, so the
+//! capacity check and the insertion of a new viewer are one atomic step and exactly N viewers get in
+//! for `maxConcurrentViewers: N`. Argon2 checks happen outside the lock and are remembered (per viewer
+//! id, and per presented secret), so a viewer pays for a password once, not per request.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use blake2::{Blake2b256, Digest};
+
+use crate::auth;
+use crate::db::shares::ViewerRow;
+use crate::domain::share::{AuthMode, Refusal, Share, basic_password, new_viewer_id, path_blocked};
+use crate::domain::time::Millis;
+use crate::error::Result;
+
+const SHARDS: usize = 32;
+/// Remembered digests of secrets that passed an argon2 check, per session.
+const VERIFIED_MEMORY: usize = 16;
+
+/// What the gateway tells us about one viewer request.
+pub struct AdmitRequest<'a> {
+    pub viewer_id: Option<&'a str>,
+    pub ip: Option<&'a str>,
+    pub path: &'a str,
+    pub password: Option<&'a str>,
+    pub authorization: Option<&'a str>,
+    pub owner_token: Option<&'a str>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub refusal: Option<Refusal>,
+    pub viewer_id: Option<String>,
+}
+
+/// A viewer as the full view shows it.
+#[derive(Clone, Debug)]
+pub struct LiveViewer {
+    pub id: String,
+    pub last_seen_at: Millis,
+    pub requests: i64,
+    pub ip: Option<String>,
+}
+
+/// A gateway's report of one viewer.
+pub struct ReportedViewer {
+    pub id: String,
+    pub last_seen_at: Millis,
+    pub requests: i64,
+    pub ip: Option<String>,
+}
+
+pub type Loaded = (Vec<ViewerRow>, Vec<String>);
+
+struct Viewer {
+    since: u64,
+    last_seen_at: Millis,
+    requests: i64,
+    ip: Option<String>,
+    password_ok: bool,
+    dirty: bool,
+}
+
+#[derive(Default)]
+struct Entry {
+    viewers: HashMap<String, Viewer>,
+    kicked: Vec<String>,
+    verified: Vec<[u8; 32]>,
+    next_seq: u64,
+}
+
+impl Entry {
+    fn from_store((rows, kicked): Loaded) -> Entry {
+        let mut entry = Entry { kicked, ..Entry::default() };
+        let mut rows = rows;
+        rows.sort_by_key(|v| v.last_seen_at);
+        for row in rows {
+            let since = entry.seq();
+            entry.viewers.insert(
+                row.viewer_id,
+                Viewer {
+                    since,
+                    last_seen_at: row.last_seen_at,
+                    requests: row.requests,
+                    ip: row.ip,
+                    password_ok: row.password_ok,
+                    dirty: false,
+                },
+            );
+        }
+        entry
+    }
+
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn is_kicked(&self, viewer_id: &str) -> bool {
+        self.kicked.iter().any(|k| k == viewer_id)
+    }
+
+    fn active_count(&self, cutoff: Millis) -> usize {
+        self.viewers.values().filter(|v| v.last_seen_at >= cutoff).count()
+    }
+
+    fn remember_verified(&mut self, digest: [u8; 32]) {
+        if self.verified.len() >= VERIFIED_MEMORY {
+            self.verified.remove(0);
+        }
+        self.verified.push(digest);
+    }
+}
+
+pub struct Viewers {
+    shards: Vec<Mutex<HashMap<i64, Entry>>>,
+    idle_timeout: Millis,
+}
+
+/// The digest under which a secret that passed argon2 against `stored` is remembered.
+fn verified_digest(stored: &str, presented: &str) -> [u8; 32] {
+    let mut h = Blake2b256::new();
+    h.update(stored.as_bytes());
+    h.update([0u8]);
+    h.update(presented.as_bytes());
+    h.finalize().into()
+}
+
+/// The state of one secret check of an admission, settled outside the lock.
+enum Secret {
+    NotNeeded,
+    /// Required but not presented.
+    Missing,
+    /// The same secret passed argon2 before for this session.
+    Remembered,
+    /// Needs an argon2 check.
+    Check { stored: String, presented: String },
+}
+
+impl Viewers {
+    pub fn new(idle_timeout: Millis) -> Viewers {
+        Viewers { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), idle_timeout }
+    }
+
+    fn shard(&self, session_id: i64) -> MutexGuard<'_, HashMap<i64, Entry>> {
+        self.shards[session_id.rem_euclid(SHARDS as i64) as usize].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes sure the session's entry is in memory, loading it outside the lock.
+    fn ensure_loaded(&self, session_id: i64, load: impl FnOnce() -> Result<Loaded>) -> Result<()> {
+        if self.shard(session_id).contains_key(&session_id) {
+            return Ok(());
+        }
+        let loaded = Entry::from_store(load()?);
+        self.shard(session_id).entry(session_id).or_insert(loaded);
+        Ok(())
+    }
+
+    /// Decides one viewer request, in the order of SPEC §4, and records the activity of an admitted one.
+    pub fn admit(
+        &self,
+        share: &Share,
+        req: &AdmitRequest,
+        now: Millis,
+        load: impl FnOnce() -> Result<Loaded>,
+    ) -> Result<Decision> {
+        let answer_id = req.viewer_id.map(str::to_string).unwrap_or_else(new_viewer_id);
+        let refuse = |r: Refusal| Ok(Decision { refusal: Some(r), viewer_id: Some(answer_id.clone()) });
+        if share.closed {
+            return refuse(Refusal::Closed);
+        }
+        if now >= share.expires_at {
+            return refuse(Refusal::Expired);
+        }
+        if req.owner_token.is_some_and(|t| share.is_owner_token(t)) {
+            return Ok(Decision { refusal: None, viewer_id: req.viewer_id.map(str::to_string) });
+        }
+        self.ensure_loaded(share.id, load)?;
+
+        // First pass under the lock: everything that needs no argon2.
+        let (basic, password) = {
+            let shard = self.shard(share.id);
+            let entry = shard.get(&share.id);
+            if entry.is_some_and(|e| req.viewer_id.is_some_and(|id| e.is_kicked(id))) {
+                return refuse(Refusal::Kicked);
+            }
+            if !share.policy.public {
+                return refuse(Refusal::Locked);
+            }
+            let check = |stored: &str, presented: &str| {
+                let remembered = entry.is_some_and(|e| e.verified.contains(&verified_digest(stored, presented)));
+                if remembered {
+                    Secret::Remembered
+                } else {
+                    Secret::Check { stored: stored.to_string(), presented: presented.to_string() }
+                }
+            };
+            let basic = match (share.auth_mode, &share.basic_password_hash) {
+                (AuthMode::Basic, Some(stored)) => match req.authorization.and_then(basic_password) {
+                    Some(p) => check(stored, &p),
+                    None => return refuse(Refusal::BasicAuthRequired),
+                },
+                _ => Secret::NotNeeded,
+            };
+            let passed_before = entry
+                .and_then(|e| req.viewer_id.and_then(|id| e.viewers.get(id)))
+                .is_some_and(|v| v.password_ok);
+            let password = match (&share.policy.password_hash, req.password) {
+                (None, _) => Secret::NotNeeded,
+                (Some(_), _) if passed_before => Secret::NotNeeded,
+                (Some(_), None) => Secret::Missing,
+                (Some(stored), Some(p)) => check(stored, p),
+            };
+            (basic, password)
+        };
+
+        // Argon2, outside the lock and bounded in concurrency.
+        if !self.resolve(share.id, basic) {
+            return refuse(Refusal::BasicAuthRequired);
+        }
+        let passed_password = matches!(password, Secret::Remembered | Secret::Check { .. });
+        if !self.resolve(share.id, password) {
+            return refuse(Refusal::PasswordRequired);
+        }
+
+        if path_blocked(&share.policy.block_paths, req.path) {
+            return refuse(Refusal::PathBlocked);
+        }
+
+        // Second pass under the lock: capacity and tracking, atomically.
+        let mut shard = self.shard(share.id);
+        let entry = shard.entry(share.id).or_default();
+        if entry.is_kicked(&answer_id) {
+            return refuse(Refusal::Kicked);
+        }
+        let cutoff = now - self.idle_timeout;
+        let is_new = entry.viewers.get(&answer_id).is_none_or(|v| v.last_seen_at < cutoff);
+        let max = share.policy.max_viewers;
+        if is_new && max > 0 && entry.active_count(cutoff) >= max as usize {
+            return refuse(Refusal::TooManyViewers);
+        }
+        let since = entry.seq();
+        let viewer = entry.viewers.entry(answer_id.clone()).or_insert(Viewer {
+            since,
+            last_seen_at: now,
+            requests: 0,
+            ip: None,
+            password_ok: false,
+            dirty: true,
+        });
+        viewer.requests += 1;
+        viewer.last_seen_at = viewer.last_seen_at.max(now);
+        if let Some(ip) = req.ip {
+            if viewer.ip.as_deref() != Some(ip) {
+                viewer.ip = Some(ip.to_string());
+            }
+        }
+        viewer.password_ok |= passed_password;
+        viewer.dirty = true;
+        Ok(Decision { refusal: None, viewer_id: Some(answer_id) })
+    }
+
+    /// Settles a secret check, running argon2 if needed and remembering a success for this session.
+    fn resolve(&self, session_id: i64, secret: Secret) -> bool {
+        let (stored, presented) = match secret {
+            Secret::NotNeeded | Secret::Remembered => return true,
+            Secret::Missing => return false,
+            Secret::Check { stored, presented } => (stored, presented),
+        };
+        if !auth::verify_password(&presented, &stored) {
+            return false;
+        }
+        if let Some(entry) = self.shard(session_id).get_mut(&session_id) {
+            entry.remember_verified(verified_digest(&stored, &presented));
+        }
+        true
+    }
+
+    /// The session's non-idle viewers (oldest first) and kicked ids.
+    pub fn list(
+        &self,
+        session_id: i64,
+        now: Millis,
+        load: impl FnOnce() -> Result<Loaded>,
+    ) -> Result<(Vec<LiveViewer>, Vec<String>)> {
+        self.ensure_loaded(session_id, load)?;
+        let shard = self.shard(session_id);
+        let Some(entry) = shard.get(&session_id) else { return Ok((Vec::new(), Vec::new())) };
+        let cutoff = now - self.idle_timeout;
+        let mut live: Vec<(&String, &Viewer)> =
+            entry.viewers.iter().filter(|(_, v)| v.last_seen_at >= cutoff).collect();
+        live.sort_by_key(|(_, v)| v.since);
+        let viewers = live
+            .into_iter()
+            .map(|(id, v)| LiveViewer { id: id.clone(), last_seen_at: v.last_seen_at, requests: v.requests, ip: v.ip.clone() })
+            .collect();
+        Ok((viewers, entry.kicked.clone()))
+    }
+
+    /// Merges a gateway's snapshot; kicked ids are ignored. Returns how many viewers were taken.
+    pub fn merge_snapshot(
+        &self,
+        session_id: i64,
+        reported: Vec<ReportedViewer>,
+        load: impl FnOnce() -> Result<Loaded>,
+    ) -> Result<usize> {
+        self.ensure_loaded(session_id, load)?;
+        let mut shard = self.shard(session_id);
+        let entry = shard.entry(session_id).or_default();
+        let mut taken = 0;
+        for r in reported {
+            if entry.is_kicked(&r.id) {
+                continue;
+            }
+            let since = entry.seq();
+            let v = entry.viewers.entry(r.id).or_insert(Viewer {
+                since,
+                last_seen_at: r.last_seen_at,
+                requests: 0,
+                ip: None,
+                password_ok: false,
+                dirty: true,
+            });
+            v.last_seen_at = v.last_seen_at.max(r.last_seen_at);
+            v.requests = v.requests.max(r.requests);
+            if r.ip.is_some() {
+                v.ip = r.ip;
+            }
+            v.dirty = true;
+            taken += 1;
+        }
+        Ok(taken)
+    }
+
+    /// Applies a committed kick to the in-memory state.
+    pub fn kick(&self, session_id: i64, viewer_id: &str) {
+        if let Some(entry) = self.shard(session_id).get_mut(&session_id) {
+            entry.viewers.remove(viewer_id);
+            if !entry.is_kicked(viewer_id) {
+                entry.kicked.push(viewer_id.to_string());
+            }
+        }
+    }
+
+    /// A committed password change: every viewer must pass the new one.
+    pub fn reset_passwords(&self, session_id: i64) {
+        if let Some(entry) = self.shard(session_id).get_mut(&session_id) {
+            for v in entry.viewers.values_mut() {
+                if v.password_ok {
+                    v.password_ok = false;
+                    v.dirty = true;
+                }
+            }
+            entry.verified.clear();
+        }
+    }
+
+    /// Drops a session that ended or was deleted.
+    pub fn forget(&self, session_id: i64) {
+        self.shard(session_id).remove(&session_id);
+    }
+
+    /// Takes the activity not yet written to the store.
+    pub fn take_dirty(&self) -> Vec<(i64, ViewerRow)> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (&session_id, entry) in shard.iter_mut() {
+                for (id, v) in entry.viewers.iter_mut().filter(|(_, v)| v.dirty) {
+                    v.dirty = false;
+                    out.push((
+                        session_id,
+                        ViewerRow {
+                            viewer_id: id.clone(),
+                            last_seen_at: v.last_seen_at,
+                            requests: v.requests,
+                            ip: v.ip.clone(),
+                            password_ok: v.password_ok,
+                        },
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Puts back activity whose flush failed, so the next flush retries it.
+    pub fn restore_dirty(&self, batch: &[(i64, ViewerRow)]) {
+        for (session_id, row) in batch {
+            if let Some(v) = self.shard(*session_id).get_mut(session_id).and_then(|e| e.viewers.get_mut(&row.viewer_id)) {
+                v.dirty = true;
+            }
+        }
+    }
+
+    /// Removes viewers idle since before `cutoff` from memory (entries left empty are dropped; they
+    /// reload from the store on next use).
+    pub fn remove_idle(&self, cutoff: Millis) {
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.retain(|_, entry| {
+                entry.viewers.retain(|_, v| v.last_seen_at >= cutoff || v.dirty);
+                !entry.viewers.is_empty()
+            });
+        }
+    }
+
+    /// True when the viewer was active in memory since `cutoff` (so a stale stored row must stay).
+    pub fn is_active(&self, session_id: i64, viewer_id: &str, cutoff: Millis) -> bool {
+        self.shard(session_id)
+            .get(&session_id)
+            .and_then(|e| e.viewers.get(viewer_id))
+            .is_some_and(|v| v.last_seen_at >= cutoff)
+    }
+
+    /// How many viewers are live across all sessions (for metrics).
+    pub fn live_count(&self, now: Millis) -> usize {
+        let cutoff = now - self.idle_timeout;
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock().unwrap_or_else(|e| e.into_inner()).values().map(|e| e.active_count(cutoff)).sum::<usize>()
+            })
+            .sum()
+    }
+}
