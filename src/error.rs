@@ -25,11 +25,12 @@ pub enum Error {
     Unauthorized(String),
     Forbidden(String),
     NotFound(String),
-    Conflict(String),
-    Gone(String),
     MethodNotAllowed,
     PayloadTooLarge(String),
-    TooManyRequests { message: String, retry_after_secs: u64 },
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The store cannot take writes right now (disk full, writer gone, shutting down).
     Unavailable(String),
     /// A bug or an unexpected failure of a dependency; the text is logged, never sent.
@@ -49,8 +50,6 @@ impl Error {
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
-            Error::Conflict(_) => 409,
-            Error::Gone(_) => 410,
             Error::MethodNotAllowed => 405,
             Error::PayloadTooLarge(_) => 413,
             Error::TooManyRequests { .. } => 429,
@@ -66,8 +65,6 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",
-            Error::Conflict(_) => "conflict",
-            Error::Gone(_) => "gone",
             Error::MethodNotAllowed => "method_not_allowed",
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::TooManyRequests { .. } => "rate_limited",
@@ -83,8 +80,6 @@ impl Error {
             | Error::Unauthorized(m)
             | Error::Forbidden(m)
             | Error::NotFound(m)
-            | Error::Conflict(m)
-            | Error::Gone(m)
             | Error::PayloadTooLarge(m)
             | Error::Unavailable(m) => m,
             Error::TooManyRequests { message, .. } => message,
@@ -102,7 +97,10 @@ impl Error {
             Dialect::Runtime => serde_json::json!({ "error": self.code(), "message": message }),
         };
         let mut resp = Resp::json(self.status(), &body);
-        if let Error::TooManyRequests { retry_after_secs, .. } = &self {
+        if let Error::TooManyRequests {
+            retry_after_secs, ..
+        } = &self
+        {
             resp = resp.header("Retry-After", retry_after_secs.to_string());
         }
         if let Error::Unavailable(_) = &self {

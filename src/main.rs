@@ -76,7 +76,9 @@ fn run(args: &[String]) -> Result<u8, Failure> {
         }
         ("migrate", flags) => migrate(&raw.into_config().map_err(Failure::Usage)?, flags),
         ("check", []) => check(&raw.into_config().map_err(Failure::Usage)?),
-        ("key", ["create", flags @ ..]) => key_create(&raw.into_config().map_err(Failure::Usage)?, flags),
+        ("key", ["create", flags @ ..]) => {
+            key_create(&raw.into_config().map_err(Failure::Usage)?, flags)
+        }
         ("config", ["--dump"]) => {
             let dump = raw.dump();
             raw.into_config().map_err(Failure::Usage)?;
@@ -84,7 +86,11 @@ fn run(args: &[String]) -> Result<u8, Failure> {
             Ok(0)
         }
         ("version" | "--version" | "-V", []) => {
-            println!("sessiond {} (schema {})", env!("CARGO_PKG_VERSION"), db::migrate::LATEST);
+            println!(
+                "sessiond {} (schema {})",
+                env!("CARGO_PKG_VERSION"),
+                db::migrate::LATEST
+            );
             Ok(0)
         }
         ("help" | "--help" | "-h", _) => {
@@ -92,7 +98,10 @@ fn run(args: &[String]) -> Result<u8, Failure> {
             Ok(0)
         }
         (_, []) => Err(Failure::Usage(format!("unknown command {command:?}"))),
-        (_, extra) => Err(Failure::Usage(format!("unexpected arguments for {command}: {}", extra.join(" ")))),
+        (_, extra) => Err(Failure::Usage(format!(
+            "unexpected arguments for {command}: {}",
+            extra.join(" ")
+        ))),
     }
 }
 
@@ -100,7 +109,12 @@ fn migrate(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
     let check_only = match flags {
         [] => false,
         ["--check"] => true,
-        other => return Err(Failure::Usage(format!("unexpected arguments for migrate: {}", other.join(" ")))),
+        other => {
+            return Err(Failure::Usage(format!(
+                "unexpected arguments for migrate: {}",
+                other.join(" ")
+            )));
+        }
     };
     let mut conn = db::open(&cfg.db, db::Access::ReadWrite, cfg.synchronous_full)?;
     if check_only {
@@ -110,7 +124,11 @@ fn migrate(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
             println!("schema version {found} is current");
             return Ok(0);
         }
-        println!("schema version {found}; {} migration(s) pending to reach {}", db::migrate::LATEST - found, db::migrate::LATEST);
+        println!(
+            "schema version {found}; {} migration(s) pending to reach {}",
+            db::migrate::LATEST - found,
+            db::migrate::LATEST
+        );
         return Ok(1);
     }
     let (from, to) = db::migrate::migrate(&mut conn)?;
@@ -120,14 +138,24 @@ fn migrate(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
 
 fn check(cfg: &Config) -> Result<u8, Failure> {
     if !cfg.db.exists() {
-        return Err(Failure::Runtime(format!("no database at {}", cfg.db.display())));
+        return Err(Failure::Runtime(format!(
+            "no database at {}",
+            cfg.db.display()
+        )));
     }
     let conn = db::open(&cfg.db, db::Access::ReadOnly, cfg.synchronous_full)?;
     let version = db::migrate::version(&conn)?;
     db::migrate::check_not_newer(version)?;
     let verdict = db::integrity_check(&conn)?;
-    println!("integrity: {verdict}\nschema version: {version} (this binary: {})", db::migrate::LATEST);
-    Ok(if verdict == "ok" && version == db::migrate::LATEST { 0 } else { 1 })
+    println!(
+        "integrity: {verdict}\nschema version: {version} (this binary: {})",
+        db::migrate::LATEST
+    );
+    Ok(if verdict == "ok" && version == db::migrate::LATEST {
+        0
+    } else {
+        1
+    })
 }
 
 fn key_create(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
@@ -138,23 +166,55 @@ fn key_create(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
     let mut expires_in = None;
     let mut it = flags.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().map(|v| v.to_string()).ok_or_else(|| Failure::Usage(format!("{flag} needs a value")));
+        let mut value = || {
+            it.next()
+                .map(|v| v.to_string())
+                .ok_or_else(|| Failure::Usage(format!("{flag} needs a value")))
+        };
         match *flag {
             "--service" => service = Some(value()?),
             "--account" => account = value()?,
             "--name" => name = value()?,
-            "--scopes" => scopes = Some(value()?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
+            "--scopes" => {
+                scopes = Some(
+                    value()?
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                )
+            }
             "--expires-in" => {
                 let v = value()?;
-                expires_in = Some(parse_duration(&v).filter(|&ms| ms > 0).ok_or_else(|| Failure::Usage(format!("--expires-in: bad duration {v:?}")))?);
+                expires_in =
+                    Some(parse_duration(&v).filter(|&ms| ms > 0).ok_or_else(|| {
+                        Failure::Usage(format!("--expires-in: bad duration {v:?}"))
+                    })?);
             }
-            other => return Err(Failure::Usage(format!("unknown flag for key create: {other}"))),
+            other => {
+                return Err(Failure::Usage(format!(
+                    "unknown flag for key create: {other}"
+                )));
+            }
         }
     }
-    const KEY_SCOPES: &[&str] =
-        &["sessions.read", "sessions.write", "workspaces.read", "workspaces.write", "audit.read", "keys.write"];
-    if let Some(bad) = scopes.iter().flatten().find(|s| !KEY_SCOPES.contains(&s.as_str())) {
-        return Err(Failure::Usage(format!("unknown scope {bad:?}; known: {}", KEY_SCOPES.join(", "))));
+    const KEY_SCOPES: &[&str] = &[
+        "sessions.read",
+        "sessions.write",
+        "workspaces.read",
+        "workspaces.write",
+        "audit.read",
+        "keys.write",
+    ];
+    if let Some(bad) = scopes
+        .iter()
+        .flatten()
+        .find(|s| !KEY_SCOPES.contains(&s.as_str()))
+    {
+        return Err(Failure::Usage(format!(
+            "unknown scope {bad:?}; known: {}",
+            KEY_SCOPES.join(", ")
+        )));
     }
     if let Some(role) = &service {
         if role != "gateway" && role != "daemon" {
@@ -163,14 +223,23 @@ fn key_create(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
     }
     let mut conn = db::open(&cfg.db, db::Access::ReadWrite, cfg.synchronous_full)?;
     db::migrate::migrate(&mut conn)?;
-    db::accounts::bootstrap(&mut conn, &cfg.admin_email, cfg.admin_password.as_deref(), now_ms())?;
+    db::accounts::bootstrap(
+        &mut conn,
+        &cfg.admin_email,
+        cfg.admin_password.as_deref(),
+        now_ms(),
+    )?;
     let writer = db::Writer::start(conn);
     let reader = db::Reader::open(&cfg.db)?;
     let account_id = reader
         .account_id_by_name(&account)?
         .ok_or_else(|| Failure::Runtime(format!("no account named {account:?}")))?;
     let (token, kind, scopes) = match &service {
-        Some(_) => (format!("svc_{}", auth::random_url_safe(40)), db::accounts::CredentialKind::ServiceKey, Vec::new()),
+        Some(_) => (
+            format!("svc_{}", auth::random_url_safe(40)),
+            db::accounts::CredentialKind::ServiceKey,
+            Vec::new(),
+        ),
         None => (
             format!("sk_{}", auth::random_url_safe(40)),
             db::accounts::CredentialKind::ApiKey,
@@ -179,7 +248,12 @@ fn key_create(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
     };
     let now = now_ms();
     let stored = token.clone();
-    let actor = domain::Actor { kind: domain::ActorType::System, id: Some("cli".into()), email: None, ip: None };
+    let actor = domain::Actor {
+        kind: domain::ActorType::System,
+        id: Some("cli".into()),
+        email: None,
+        ip: None,
+    };
     let uid = writer.exec(move |tx| {
         let key = db::accounts::NewKey {
             token: &stored,

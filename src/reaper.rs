@@ -36,7 +36,9 @@ pub struct Reaper {
 pub fn start(app: Arc<App>, reader: Reader) -> Result<Reaper> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let thread = std::thread::Builder::new().name("reaper".into()).spawn(move || run(&app, &reader, &flag))?;
+    let thread = std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || run(&app, &reader, &flag))?;
     Ok(Reaper { stop, thread })
 }
 
@@ -85,7 +87,10 @@ pub fn flush_viewers(viewers: &Viewers, writer: &Writer) {
     for chunk in batch.chunks(4 * BATCH) {
         let rows = chunk.to_vec();
         if let Err(e) = writer.exec(move |tx| shares::upsert_viewers(tx, &rows)) {
-            log::warn!("flushing {} viewer updates failed, will retry: {e}", chunk.len());
+            log::warn!(
+                "flushing {} viewer updates failed, will retry: {e}",
+                chunk.len()
+            );
             viewers.restore_dirty(chunk);
         }
     }
@@ -104,7 +109,11 @@ pub fn sweep(app: &App, reader: &Reader, now: Millis) -> Result<()> {
         }
     }
     for _ in 0..MAX_BATCHES_PER_TICK {
-        if app.writer.exec(move |tx| shares::delete_expired_tokens(tx, now, BATCH))? < BATCH {
+        if app
+            .writer
+            .exec(move |tx| shares::delete_expired_tokens(tx, now, BATCH))?
+            < BATCH
+        {
             break;
         }
     }
@@ -124,21 +133,23 @@ fn expire_shares(app: &App, reader: &Reader, now: Millis) -> Result<usize> {
     if count == 0 {
         return Ok(0);
     }
-    let ended = app.writer.exec(move |tx| {
-        let mut ended = Vec::with_capacity(due.len());
+    // The viewers of an ended session stay in memory until they age out, so no activity is lost.
+    app.writer.exec(move |tx| {
         for s in &due {
             if shares::end(tx, s.id, "expired", now)? {
-                let entry = AuditEntry::new(Some(s.account_id), &Actor::system(), "session.expired", "share_session", &s.uid)
-                    .summary("share session expired");
+                let entry = AuditEntry::new(
+                    Some(s.account_id),
+                    &Actor::system(),
+                    "session.expired",
+                    "share_session",
+                    &s.uid,
+                )
+                .summary("share session expired");
                 audit::record(tx, &entry, now)?;
-                ended.push(s.id);
             }
         }
-        Ok(ended)
+        Ok(())
     })?;
-    for id in ended {
-        app.viewers.forget(id);
-    }
     Ok(count)
 }
 
@@ -154,7 +165,11 @@ fn age_out_viewers(app: &App, reader: &Reader, now: Millis) -> Result<usize> {
         if app.viewers.is_active(share.id, &viewer_id, cutoff) {
             continue;
         }
-        by_session.entry(share.id).or_insert_with(|| (share.uid, share.account_id, Vec::new())).2.push(viewer_id);
+        by_session
+            .entry(share.id)
+            .or_insert_with(|| (share.uid, share.account_id, Vec::new()))
+            .2
+            .push(viewer_id);
     }
     if by_session.is_empty() {
         return Ok(count);
@@ -162,9 +177,15 @@ fn age_out_viewers(app: &App, reader: &Reader, now: Millis) -> Result<usize> {
     app.writer.exec(move |tx| {
         for (id, (uid, account, viewer_ids)) in &by_session {
             shares::delete_viewers(tx, *id, viewer_ids)?;
-            let entry = AuditEntry::new(Some(*account), &Actor::system(), "viewer.aged_out", "share_session", uid)
-                .summary(format!("{} idle viewer(s) aged out", viewer_ids.len()))
-                .metadata(json!({ "viewerIds": viewer_ids }));
+            let entry = AuditEntry::new(
+                Some(*account),
+                &Actor::system(),
+                "viewer.aged_out",
+                "share_session",
+                uid,
+            )
+            .summary(format!("{} idle viewer(s) aged out", viewer_ids.len()))
+            .metadata(json!({ "viewerIds": viewer_ids }));
             audit::record(tx, &entry, now)?;
         }
         Ok(())

@@ -11,7 +11,10 @@ use crate::server::{Ctx, Req, Resp};
 type Handler<'a> = Box<dyn FnOnce(&Ctx, &Req) -> Result<Resp> + 'a>;
 
 /// Finds the route for `method` and `segments`: its template, dialect and handler.
-fn lookup<'a>(method: &str, segments: &'a [&'a str]) -> Option<(&'static str, Dialect, Handler<'a>)> {
+fn lookup<'a>(
+    method: &str,
+    segments: &'a [&'a str],
+) -> Option<(&'static str, Dialect, Handler<'a>)> {
     use Dialect::{Runtime, Share};
     let route: (&'static str, Dialect, Handler<'a>) = match (method, segments) {
         // Operations
@@ -21,26 +24,45 @@ fn lookup<'a>(method: &str, segments: &'a [&'a str]) -> Option<(&'static str, Di
 
         // Share sessions (Wormkey)
         ("POST", ["sessions"]) => ("/sessions", Share, Box::new(share::create)),
-        ("GET", ["sessions", "by-slug", slug]) => {
-            ("/sessions/by-slug/:slug", Share, Box::new(move |c, r| share::get_by_slug(c, r, slug)))
-        }
-        ("GET", ["sessions", id]) => ("/sessions/:id", Share, Box::new(move |c, r| share::get(c, r, id))),
-        ("DELETE", ["sessions", id]) => ("/sessions/:id", Share, Box::new(move |c, r| share::delete(c, r, id))),
-        ("GET", ["owner", "sessions", "by-slug", slug]) => {
-            ("/owner/sessions/by-slug/:slug", Share, Box::new(move |c, r| share::owner_get_by_slug(c, r, slug)))
-        }
-        ("POST", ["owner", "sessions", id, "tokens"]) => {
-            ("/owner/sessions/:id/tokens", Share, Box::new(move |c, r| share::create_token(c, r, id)))
-        }
-        ("POST", ["owner" | "sessions", ..]) | ("POST", ["internal", "sessions", "by-slug", _, _]) => {
+        ("GET", ["sessions", "by-slug", slug]) => (
+            "/sessions/by-slug/:slug",
+            Share,
+            Box::new(move |c, r| share::get_by_slug(c, r, slug)),
+        ),
+        ("GET", ["sessions", id]) => (
+            "/sessions/:id",
+            Share,
+            Box::new(move |c, r| share::get(c, r, id)),
+        ),
+        ("DELETE", ["sessions", id]) => (
+            "/sessions/:id",
+            Share,
+            Box::new(move |c, r| share::delete(c, r, id)),
+        ),
+        ("GET", ["owner", "sessions", "by-slug", slug]) => (
+            "/owner/sessions/by-slug/:slug",
+            Share,
+            Box::new(move |c, r| share::owner_get_by_slug(c, r, slug)),
+        ),
+        ("POST", ["owner", "sessions", id, "tokens"]) => (
+            "/owner/sessions/:id/tokens",
+            Share,
+            Box::new(move |c, r| share::create_token(c, r, id)),
+        ),
+        ("POST", ["owner" | "sessions", ..])
+        | ("POST", ["internal", "sessions", "by-slug", _, _]) => {
             return by_slug_action(segments);
         }
-        ("POST", ["internal", "sessions", "validate"]) => {
-            ("/internal/sessions/validate", Share, Box::new(share::validate))
-        }
-        ("GET", ["internal", "sessions", "by-slug", slug]) => {
-            ("/internal/sessions/by-slug/:slug", Share, Box::new(move |c, r| share::internal_get_by_slug(c, r, slug)))
-        }
+        ("POST", ["internal", "sessions", "validate"]) => (
+            "/internal/sessions/validate",
+            Share,
+            Box::new(share::validate),
+        ),
+        ("GET", ["internal", "sessions", "by-slug", slug]) => (
+            "/internal/sessions/by-slug/:slug",
+            Share,
+            Box::new(move |c, r| share::internal_get_by_slug(c, r, slug)),
+        ),
         _ => return None,
     };
     Some(route)
@@ -55,12 +77,18 @@ fn by_slug_action<'a>(segments: &'a [&'a str]) -> Option<(&'static str, Dialect,
         ["internal", "sessions", "by-slug", slug, action] => ("internal", *slug, *action),
         _ => return None,
     };
-    let via = if prefix == "internal" { Via::Gateway } else { Via::OwnerOrGateway };
+    let via = if prefix == "internal" {
+        Via::Gateway
+    } else {
+        Via::OwnerOrGateway
+    };
     let handler: Handler<'a> = match (prefix, action) {
         (_, "policy") => Box::new(move |c, r| share::set_policy(c, r, slug, via)),
         (_, "kick") => Box::new(move |c, r| share::kick(c, r, slug, via)),
         (_, "close") => Box::new(move |c, r| share::close(c, r, slug, via)),
-        ("internal" | "sessions", "viewers") => Box::new(move |c, r| share::report_viewers(c, r, slug, via)),
+        ("internal" | "sessions", "viewers") => {
+            Box::new(move |c, r| share::report_viewers(c, r, slug, via))
+        }
         ("internal", "admit") => Box::new(move |c, r| share::admit(c, r, slug)),
         _ => return None,
     };
@@ -85,7 +113,10 @@ fn by_slug_action<'a>(segments: &'a [&'a str]) -> Option<(&'static str, Dialect,
 pub fn dialect_of(path: &str) -> Dialect {
     if path == "/api" || path.starts_with("/api/") {
         Dialect::Workspace
-    } else if path == "/v1" || path.starts_with("/v1/") || matches!(path, "/healthz" | "/readyz" | "/version" | "/metrics") {
+    } else if path == "/v1"
+        || path.starts_with("/v1/")
+        || matches!(path, "/healthz" | "/readyz" | "/version" | "/metrics")
+    {
         Dialect::Runtime
     } else {
         Dialect::Share
@@ -102,7 +133,11 @@ pub fn route_of(method: &str, segments: &[String]) -> &'static str {
 pub fn dispatch(ctx: &Ctx, req: &Req) -> (&'static str, Resp) {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     let dialect = dialect_of(&req.path);
-    let method = if req.method == "HEAD" { "GET" } else { req.method.as_str() };
+    let method = if req.method == "HEAD" {
+        "GET"
+    } else {
+        req.method.as_str()
+    };
     match lookup(method, &segs) {
         Some((template, dialect, handler)) => match handler(ctx, req) {
             Ok(resp) => (template, resp),
@@ -114,12 +149,16 @@ pub fn dispatch(ctx: &Ctx, req: &Req) -> (&'static str, Resp) {
             }
         },
         None => {
-            let allowed: Vec<&str> =
-                ["GET", "POST", "PUT", "DELETE"].into_iter().filter(|m| lookup(m, &segs).is_some()).collect();
+            let allowed: Vec<&str> = ["GET", "POST", "PUT", "DELETE"]
+                .into_iter()
+                .filter(|m| lookup(m, &segs).is_some())
+                .collect();
             if allowed.is_empty() {
                 ("-", Error::NotFound("Not found".into()).into_resp(dialect))
             } else {
-                let resp = Error::MethodNotAllowed.into_resp(dialect).header("Allow", allowed.join(", "));
+                let resp = Error::MethodNotAllowed
+                    .into_resp(dialect)
+                    .header("Allow", allowed.join(", "));
                 ("-", resp)
             }
         }

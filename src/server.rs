@@ -56,7 +56,6 @@ pub struct Req {
     pub path: String,
     /// The path's segments, percent-decoded.
     pub segments: Vec<String>,
-    pub query: Vec<(String, String)>,
     /// Header names in lower case.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -67,7 +66,10 @@ pub struct Req {
 
 impl Req {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The token of `Authorization: Bearer <token>`.
@@ -76,10 +78,6 @@ impl Req {
         let (scheme, token) = value.split_once(' ')?;
         let token = token.trim();
         (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-    }
-
-    pub fn query(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     pub fn client_ip_string(&self) -> Option<String> {
@@ -98,15 +96,12 @@ pub struct Resp {
 impl Resp {
     pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Resp {
         let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-        Resp { status, body, content_type: "application/json", headers: Vec::new() }
-    }
-
-    pub fn text(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Resp {
-        Resp { status, body: body.into(), content_type, headers: Vec::new() }
-    }
-
-    pub fn empty(status: u16) -> Resp {
-        Resp { status, body: Vec::new(), content_type: "application/json", headers: Vec::new() }
+        Resp {
+            status,
+            body,
+            content_type: "application/json",
+            headers: Vec::new(),
+        }
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Resp {
@@ -120,11 +115,21 @@ pub fn serve(cfg: Config) -> Result<i32> {
     raise_file_limit();
     let mut conn = db::open(&cfg.db, db::Access::ReadWrite, cfg.synchronous_full)?;
     db::migrate::migrate(&mut conn)?;
-    let generated = db::accounts::bootstrap(&mut conn, &cfg.admin_email, cfg.admin_password.as_deref(), now_ms())?;
+    let generated = db::accounts::bootstrap(
+        &mut conn,
+        &cfg.admin_email,
+        cfg.admin_password.as_deref(),
+        now_ms(),
+    )?;
     if let Some(password) = generated {
         // Printed once, to stderr, never logged: the operator's only chance to read it.
-        eprintln!("sessiond: created admin user {} with password {password}", cfg.admin_email);
-        eprintln!("sessiond: store it now; it is not shown again (change it with `sessiond user passwd`)");
+        eprintln!(
+            "sessiond: created admin user {} with password {password}",
+            cfg.admin_email
+        );
+        eprintln!(
+            "sessiond: store it now; it is not shown again (change it with `sessiond user passwd`)"
+        );
     }
     let writer = Writer::start(conn);
 
@@ -165,7 +170,11 @@ pub fn serve(cfg: Config) -> Result<i32> {
     }
     let reaper = reaper::start(app.clone(), Reader::open(&app.cfg.db)?)?;
 
-    log::info!("sessiond {} listening on http://{local} with {} workers", env!("CARGO_PKG_VERSION"), app.cfg.threads);
+    log::info!(
+        "sessiond {} listening on http://{local} with {} workers",
+        env!("CARGO_PKG_VERSION"),
+        app.cfg.threads
+    );
     eprintln!("sessiond: listening on http://{local}");
     notify_systemd("READY=1");
 
@@ -176,7 +185,10 @@ pub fn serve(cfg: Config) -> Result<i32> {
     // Shutdown: stop taking requests, finish in-flight ones, flush viewer activity, checkpoint.
     let deadline = Instant::now() + Duration::from_millis(app.cfg.shutdown_timeout as u64);
     let failed = fatal.load(Ordering::SeqCst);
-    log::info!("shutting down ({})", if failed { "accept failure" } else { "signal" });
+    log::info!(
+        "shutting down ({})",
+        if failed { "accept failure" } else { "signal" }
+    );
     notify_systemd("STOPPING=1");
     app.stopping.store(true, Ordering::SeqCst);
     for worker in workers {
@@ -191,7 +203,9 @@ pub fn serve(cfg: Config) -> Result<i32> {
     }
     drop(server);
     reaper.stop(deadline);
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
     app.writer.shutdown(left);
     log::info!("stopped");
     Ok(if failed { 1 } else { 0 })
@@ -204,7 +218,9 @@ fn work(app: &App, server: &tiny_http::Server, db: &Reader, fatal: &AtomicBool) 
             Ok(None) => {}
             Err(e) => {
                 // tiny_http's accept loop has ended; this process would never accept again.
-                log::error!("accepting connections failed: {e}; exiting so the supervisor can restart sessiond");
+                log::error!(
+                    "accepting connections failed: {e}; exiting so the supervisor can restart sessiond"
+                );
                 fatal.store(true, Ordering::SeqCst);
                 return;
             }
@@ -222,7 +238,12 @@ fn handle(app: &App, db: &Reader, mut request: tiny_http::Request) {
     let headers: Vec<(String, String)> = request
         .headers()
         .iter()
-        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+        .map(|h| {
+            (
+                h.field.as_str().as_str().to_ascii_lowercase(),
+                h.value.as_str().to_string(),
+            )
+        })
         .collect();
     let client_ip = client_ip(&app.cfg, peer, &headers);
     let dialect = routes::dialect_of(path);
@@ -230,18 +251,21 @@ fn handle(app: &App, db: &Reader, mut request: tiny_http::Request) {
     let (route, resp) = match read_body(&mut request, app.cfg.max_body) {
         Err(e) => ("-", e.into_resp(dialect)),
         Ok(body) => match (decode_segments(path), parse_query(query_string)) {
-            (Some(segments), Some(query)) => {
+            (Some(segments), Some(_query)) => {
                 let req = Req {
                     method: method.clone(),
                     path: path.to_string(),
                     segments,
-                    query,
                     headers,
                     body,
                     client_ip,
                     request_id: request_id.clone(),
                 };
-                let ctx = Ctx { app, db, now: now_ms() };
+                let ctx = Ctx {
+                    app,
+                    db,
+                    now: now_ms(),
+                };
                 match catch_unwind(AssertUnwindSafe(|| routes::dispatch(&ctx, &req))) {
                     Ok(answer) => answer,
                     Err(panic) => {
@@ -256,7 +280,11 @@ fn handle(app: &App, db: &Reader, mut request: tiny_http::Request) {
                     }
                 }
             }
-            _ => ("-", Error::bad_request("Invalid percent-encoding in the request target").into_resp(dialect)),
+            _ => (
+                "-",
+                Error::bad_request("Invalid percent-encoding in the request target")
+                    .into_resp(dialect),
+            ),
         },
     };
     if resp.status == 500 {
@@ -277,7 +305,9 @@ fn handle(app: &App, db: &Reader, mut request: tiny_http::Request) {
     if let Err(e) = request.respond(response) {
         log::debug!("could not write the response [{request_id}]: {e}");
     }
-    let ip = client_ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+    let ip = client_ip
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| "-".into());
     log::info!(
         target: "sessiond::access",
         "{request_id} {ip} {method} {route} {status} {bytes} {:.1}ms",
@@ -291,10 +321,19 @@ fn request_id(app: &App, request: &tiny_http::Request) -> String {
         .iter()
         .find(|h| h.field.equiv("X-Request-Id"))
         .map(|h| h.value.as_str())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        });
     match given {
         Some(v) => v.to_string(),
-        None => format!("{}{:08x}", app.request_prefix, app.request_seq.fetch_add(1, Ordering::Relaxed)),
+        None => format!(
+            "{}{:08x}",
+            app.request_prefix,
+            app.request_seq.fetch_add(1, Ordering::Relaxed)
+        ),
     }
 }
 
@@ -323,9 +362,14 @@ fn client_ip(cfg: &Config, peer: Option<IpAddr>, headers: &[(String, String)]) -
         return Some(peer);
     }
     // The right-most address that is not itself a trusted proxy is the client.
-    let forwarded = headers.iter().filter(|(k, _)| k == "x-forwarded-for").map(|(_, v)| v.as_str());
-    let mut chain: Vec<IpAddr> =
-        forwarded.flat_map(|v| v.split(',')).filter_map(|s| s.trim().parse().ok()).collect();
+    let forwarded = headers
+        .iter()
+        .filter(|(k, _)| k == "x-forwarded-for")
+        .map(|(_, v)| v.as_str());
+    let mut chain: Vec<IpAddr> = forwarded
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
     while let Some(ip) = chain.pop() {
         if !cfg.trusted_proxies.contains(&ip) {
             return Some(ip);
@@ -335,7 +379,10 @@ fn client_ip(cfg: &Config, peer: Option<IpAddr>, headers: &[(String, String)]) -
 }
 
 fn decode_segments(path: &str) -> Option<Vec<String>> {
-    path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect()
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect()
 }
 
 fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
@@ -344,7 +391,10 @@ fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
         .filter(|s| !s.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((percent_decode(&k.replace('+', " "))?, percent_decode(&v.replace('+', " "))?))
+            Some((
+                percent_decode(&k.replace('+', " "))?,
+                percent_decode(&v.replace('+', " "))?,
+            ))
         })
         .collect()
 }
@@ -372,9 +422,15 @@ pub fn percent_decode(s: &str) -> Option<String> {
 fn raise_file_limit() {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let wanted = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
                 log::warn!("could not raise the open-file limit above {}", lim.rlim_cur);
             }
@@ -384,7 +440,9 @@ fn raise_file_limit() {
 
 /// Tells systemd (`Type=notify`) about our state, when started by it. A no-op elsewhere.
 pub fn notify_systemd(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
     let path = path.to_string_lossy().into_owned();
     let socket = match std::os::unix::net::UnixDatagram::unbound() {
         Ok(s) => s,

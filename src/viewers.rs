@@ -76,7 +76,10 @@ struct Entry {
 
 impl Entry {
     fn from_store((rows, kicked): Loaded) -> Entry {
-        let mut entry = Entry { kicked, ..Entry::default() };
+        let mut entry = Entry {
+            kicked,
+            ..Entry::default()
+        };
         let mut rows = rows;
         rows.sort_by_key(|v| v.last_seen_at);
         for row in rows {
@@ -106,7 +109,10 @@ impl Entry {
     }
 
     fn active_count(&self, cutoff: Millis) -> usize {
-        self.viewers.values().filter(|v| v.last_seen_at >= cutoff).count()
+        self.viewers
+            .values()
+            .filter(|v| v.last_seen_at >= cutoff)
+            .count()
     }
 
     fn remember_verified(&mut self, digest: [u8; 32]) {
@@ -139,16 +145,24 @@ enum Secret {
     /// The same secret passed argon2 before for this session.
     Remembered,
     /// Needs an argon2 check.
-    Check { stored: String, presented: String },
+    Check {
+        stored: String,
+        presented: String,
+    },
 }
 
 impl Viewers {
     pub fn new(idle_timeout: Millis) -> Viewers {
-        Viewers { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), idle_timeout }
+        Viewers {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            idle_timeout,
+        }
     }
 
     fn shard(&self, session_id: i64) -> MutexGuard<'_, HashMap<i64, Entry>> {
-        self.shards[session_id.rem_euclid(SHARDS as i64) as usize].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[session_id.rem_euclid(SHARDS as i64) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Makes sure the session's entry is in memory, loading it outside the lock.
@@ -169,8 +183,16 @@ impl Viewers {
         now: Millis,
         load: impl FnOnce() -> Result<Loaded>,
     ) -> Result<Decision> {
-        let answer_id = req.viewer_id.map(str::to_string).unwrap_or_else(new_viewer_id);
-        let refuse = |r: Refusal| Ok(Decision { refusal: Some(r), viewer_id: Some(answer_id.clone()) });
+        let answer_id = req
+            .viewer_id
+            .map(str::to_string)
+            .unwrap_or_else(new_viewer_id);
+        let refuse = |r: Refusal| {
+            Ok(Decision {
+                refusal: Some(r),
+                viewer_id: Some(answer_id.clone()),
+            })
+        };
         if share.closed {
             return refuse(Refusal::Closed);
         }
@@ -178,7 +200,10 @@ impl Viewers {
             return refuse(Refusal::Expired);
         }
         if req.owner_token.is_some_and(|t| share.is_owner_token(t)) {
-            return Ok(Decision { refusal: None, viewer_id: req.viewer_id.map(str::to_string) });
+            return Ok(Decision {
+                refusal: None,
+                viewer_id: req.viewer_id.map(str::to_string),
+            });
         }
         self.ensure_loaded(share.id, load)?;
 
@@ -193,15 +218,20 @@ impl Viewers {
                 return refuse(Refusal::Locked);
             }
             let check = |stored: &str, presented: &str| {
-                let remembered = entry.is_some_and(|e| e.verified.contains(&verified_digest(stored, presented)));
+                let remembered =
+                    entry.is_some_and(|e| e.verified.contains(&verified_digest(stored, presented)));
                 if remembered {
                     Secret::Remembered
                 } else {
-                    Secret::Check { stored: stored.to_string(), presented: presented.to_string() }
+                    Secret::Check {
+                        stored: stored.to_string(),
+                        presented: presented.to_string(),
+                    }
                 }
             };
             let basic = match (share.auth_mode, &share.basic_password_hash) {
-                (AuthMode::Basic, Some(stored)) => match req.authorization.and_then(basic_password) {
+                (AuthMode::Basic, Some(stored)) => match req.authorization.and_then(basic_password)
+                {
                     Some(p) => check(stored, &p),
                     None => return refuse(Refusal::BasicAuthRequired),
                 },
@@ -239,7 +269,10 @@ impl Viewers {
             return refuse(Refusal::Kicked);
         }
         let cutoff = now - self.idle_timeout;
-        let is_new = entry.viewers.get(&answer_id).is_none_or(|v| v.last_seen_at < cutoff);
+        let is_new = entry
+            .viewers
+            .get(&answer_id)
+            .is_none_or(|v| v.last_seen_at < cutoff);
         let max = share.policy.max_viewers;
         if is_new && max > 0 && entry.active_count(cutoff) >= max as usize {
             return refuse(Refusal::TooManyViewers);
@@ -262,7 +295,10 @@ impl Viewers {
         }
         viewer.password_ok |= passed_password;
         viewer.dirty = true;
-        Ok(Decision { refusal: None, viewer_id: Some(answer_id) })
+        Ok(Decision {
+            refusal: None,
+            viewer_id: Some(answer_id),
+        })
     }
 
     /// Settles a secret check, running argon2 if needed and remembering a success for this session.
@@ -290,14 +326,24 @@ impl Viewers {
     ) -> Result<(Vec<LiveViewer>, Vec<String>)> {
         self.ensure_loaded(session_id, load)?;
         let shard = self.shard(session_id);
-        let Some(entry) = shard.get(&session_id) else { return Ok((Vec::new(), Vec::new())) };
+        let Some(entry) = shard.get(&session_id) else {
+            return Ok((Vec::new(), Vec::new()));
+        };
         let cutoff = now - self.idle_timeout;
-        let mut live: Vec<(&String, &Viewer)> =
-            entry.viewers.iter().filter(|(_, v)| v.last_seen_at >= cutoff).collect();
+        let mut live: Vec<(&String, &Viewer)> = entry
+            .viewers
+            .iter()
+            .filter(|(_, v)| v.last_seen_at >= cutoff)
+            .collect();
         live.sort_by_key(|(_, v)| v.since);
         let viewers = live
             .into_iter()
-            .map(|(id, v)| LiveViewer { id: id.clone(), last_seen_at: v.last_seen_at, requests: v.requests, ip: v.ip.clone() })
+            .map(|(id, v)| LiveViewer {
+                id: id.clone(),
+                last_seen_at: v.last_seen_at,
+                requests: v.requests,
+                ip: v.ip.clone(),
+            })
             .collect();
         Ok((viewers, entry.kicked.clone()))
     }
@@ -360,7 +406,7 @@ impl Viewers {
         }
     }
 
-    /// Drops a session that ended or was deleted.
+    /// Drops a deleted session (its stored viewers went with it).
     pub fn forget(&self, session_id: i64) {
         self.shard(session_id).remove(&session_id);
     }
@@ -392,7 +438,11 @@ impl Viewers {
     /// Puts back activity whose flush failed, so the next flush retries it.
     pub fn restore_dirty(&self, batch: &[(i64, ViewerRow)]) {
         for (session_id, row) in batch {
-            if let Some(v) = self.shard(*session_id).get_mut(session_id).and_then(|e| e.viewers.get_mut(&row.viewer_id)) {
+            if let Some(v) = self
+                .shard(*session_id)
+                .get_mut(session_id)
+                .and_then(|e| e.viewers.get_mut(&row.viewer_id))
+            {
                 v.dirty = true;
             }
         }
@@ -404,7 +454,9 @@ impl Viewers {
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             shard.retain(|_, entry| {
-                entry.viewers.retain(|_, v| v.last_seen_at >= cutoff || v.dirty);
+                entry
+                    .viewers
+                    .retain(|_, v| v.last_seen_at >= cutoff || v.dirty);
                 !entry.viewers.is_empty()
             });
         }
@@ -416,16 +468,5 @@ impl Viewers {
             .get(&session_id)
             .and_then(|e| e.viewers.get(viewer_id))
             .is_some_and(|v| v.last_seen_at >= cutoff)
-    }
-
-    /// How many viewers are live across all sessions (for metrics).
-    pub fn live_count(&self, now: Millis) -> usize {
-        let cutoff = now - self.idle_timeout;
-        self.shards
-            .iter()
-            .map(|s| {
-                s.lock().unwrap_or_else(|e| e.into_inner()).values().map(|e| e.active_count(cutoff)).sum::<usize>()
-            })
-            .sum()
     }
 }

@@ -121,7 +121,11 @@ impl<'a> Fields<'a> {
             None => Ok(None),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| self.wrong(name, "an array of strings")))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| self.wrong(name, "an array of strings"))
+                })
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             Some(_) => Err(self.wrong(name, "an array of strings")),
@@ -153,17 +157,29 @@ pub fn credential(ctx: &Ctx, token: &str, kinds: &[CredentialKind]) -> Result<Op
 
 /// The actor behind a gateway call: the configured internal key or a `gateway` service key.
 pub fn gateway(ctx: &Ctx, req: &Req) -> Result<Option<Actor>> {
-    let Some(token) = req.bearer() else { return Ok(None) };
+    let Some(token) = req.bearer() else {
+        return Ok(None);
+    };
     let ip = req.client_ip_string();
     if let Some(key) = &ctx.cfg().internal_api_key {
         if auth::ct_eq_secret(token, key) {
-            return Ok(Some(Actor { kind: ActorType::Service, id: Some("internal_api_key".into()), email: None, ip }));
+            return Ok(Some(Actor {
+                kind: ActorType::Service,
+                id: Some("internal_api_key".into()),
+                email: None,
+                ip,
+            }));
         }
     }
     let service = credential(ctx, token, &[CredentialKind::ServiceKey])?;
     Ok(service
         .filter(|c| c.service_role.as_deref() == Some("gateway"))
-        .map(|c| Actor { kind: ActorType::Service, id: Some(c.uid), email: None, ip }))
+        .map(|c| Actor {
+            kind: ActorType::Service,
+            id: Some(c.uid),
+            email: None,
+            ip,
+        }))
 }
 
 #[cfg(test)]

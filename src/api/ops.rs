@@ -13,7 +13,9 @@ pub fn healthz(_ctx: &Ctx, _req: &Req) -> Result<Resp> {
 /// `GET /readyz` — the database answers and the writer thread is alive.
 pub fn readyz(ctx: &Ctx, _req: &Req) -> Result<Resp> {
     if !ctx.app.writer.is_alive() {
-        return Err(Error::Unavailable("The writer thread is not running".into()));
+        return Err(Error::Unavailable(
+            "The writer thread is not running".into(),
+        ));
     }
     if !ctx.db.ping() {
         return Err(Error::Unavailable("The database does not answer".into()));

@@ -62,7 +62,12 @@ impl Access {
 }
 
 fn owner_actor(session_uid: &str, req: &Req) -> Actor {
-    Actor { kind: ActorType::OwnerToken, id: Some(session_uid.to_string()), email: None, ip: req.client_ip_string() }
+    Actor {
+        kind: ActorType::OwnerToken,
+        id: Some(session_uid.to_string()),
+        email: None,
+        ip: req.client_ip_string(),
+    }
 }
 
 /// Who may call a route, besides the gateway.
@@ -74,15 +79,33 @@ struct Allow {
     internal: bool,
 }
 
-const OWNER_ACCOUNT_INTERNAL_READ: Allow = Allow { owner: true, account_scope: Some("sessions.read"), internal: true };
-const OWNER_ACCOUNT_INTERNAL_WRITE: Allow = Allow { owner: true, account_scope: Some("sessions.write"), internal: true };
-const OWNER_INTERNAL: Allow = Allow { owner: true, account_scope: None, internal: true };
-const OWNER_ONLY: Allow = Allow { owner: true, account_scope: None, internal: false };
+const OWNER_ACCOUNT_INTERNAL_READ: Allow = Allow {
+    owner: true,
+    account_scope: Some("sessions.read"),
+    internal: true,
+};
+const OWNER_ACCOUNT_INTERNAL_WRITE: Allow = Allow {
+    owner: true,
+    account_scope: Some("sessions.write"),
+    internal: true,
+};
+const OWNER_INTERNAL: Allow = Allow {
+    owner: true,
+    account_scope: None,
+    internal: true,
+};
+const OWNER_ONLY: Allow = Allow {
+    owner: true,
+    account_scope: None,
+    internal: false,
+};
 
 /// Checks the caller against an existing session. A key of another account answers like a missing
 /// session.
 fn authorize(ctx: &Ctx, req: &Req, share: &Share, allow: Allow) -> Result<Access> {
-    let Some(token) = req.bearer() else { return Err(unauthorized()) };
+    let Some(token) = req.bearer() else {
+        return Err(unauthorized());
+    };
     if allow.owner && share.is_owner_token(token) {
         return Ok(Access::Owner(token.to_string()));
     }
@@ -97,9 +120,16 @@ fn authorize(ctx: &Ctx, req: &Req, share: &Share, allow: Allow) -> Result<Access
                 return Err(not_found());
             }
             if !key.has_scope(scope) {
-                return Err(Error::Forbidden(format!("This key lacks the {scope} scope")));
+                return Err(Error::Forbidden(format!(
+                    "This key lacks the {scope} scope"
+                )));
             }
-            let actor = Actor { kind: ActorType::ApiKey, id: Some(key.uid), email: None, ip: req.client_ip_string() };
+            let actor = Actor {
+                kind: ActorType::ApiKey,
+                id: Some(key.uid),
+                email: None,
+                ip: req.client_ip_string(),
+            };
             return Ok(Access::Account(actor));
         }
     }
@@ -159,7 +189,11 @@ impl<'a> PolicyView<'a> {
             public: p.public,
             max_concurrent_viewers: p.max_viewers,
             block_paths: &p.block_paths,
-            password: if p.password_hash.is_some() { MASKED_PASSWORD } else { "" },
+            password: if p.password_hash.is_some() {
+                MASKED_PASSWORD
+            } else {
+                ""
+            },
         }
     }
 }
@@ -234,7 +268,10 @@ fn public_view(ctx: &Ctx, share: &Share) -> Resp {
 }
 
 fn full_view(ctx: &Ctx, share: &Share, owner_token: Option<&str>) -> Result<Resp> {
-    let (viewers, kicked) = ctx.app.viewers.list(share.id, ctx.now, loader(ctx.db, share.id))?;
+    let (viewers, kicked) = ctx
+        .app
+        .viewers
+        .list(share.id, ctx.now, loader(ctx.db, share.id))?;
     let u = urls(ctx, &share.slug, owner_token.unwrap_or(""));
     let view = FullView {
         session_id: &share.uid,
@@ -259,7 +296,12 @@ fn full_view(ctx: &Ctx, share: &Share, owner_token: Option<&str>) -> Result<Resp
 }
 
 fn viewer_view(v: LiveViewer) -> ViewerView {
-    ViewerView { id: v.id, last_seen_at: rfc3339(v.last_seen_at), requests: v.requests, ip: v.ip }
+    ViewerView {
+        id: v.id,
+        last_seen_at: rfc3339(v.last_seen_at),
+        requests: v.requests,
+        ip: v.ip,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -291,10 +333,12 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
     let port = f.int("port", 1, 65_535)?;
     let auth_mode = match f.str("authMode")? {
         None => AuthMode::None,
-        Some(s) => AuthMode::parse(s).ok_or_else(|| Error::bad_request("authMode must be \"none\" or \"basic\""))?,
+        Some(s) => AuthMode::parse(s)
+            .ok_or_else(|| Error::bad_request("authMode must be \"none\" or \"basic\""))?,
     };
     let ttl = match f.str("expiresIn")? {
-        None => 24 * 3_600_000,
+        // The default is a day, or the operator's maximum when that is shorter.
+        None => (24 * 3_600_000).min(ctx.cfg().max_share_ttl),
         Some(s) => parse_minutes_or_hours(s)
             .filter(|&ms| ms >= 60_000 && ms <= ctx.cfg().max_share_ttl)
             .ok_or_else(|| {
@@ -312,12 +356,20 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
     // Who is creating it: an API key of an account, or anyone (rate-limited) when allowed.
     let (account_id, key_actor) = match req.bearer() {
         Some(token) => {
-            let key = credential(ctx, token, &[CredentialKind::ApiKey])?.ok_or_else(unauthorized)?;
+            let key =
+                credential(ctx, token, &[CredentialKind::ApiKey])?.ok_or_else(unauthorized)?;
             if !key.has_scope("sessions.write") {
-                return Err(Error::Forbidden("This key lacks the sessions.write scope".into()));
+                return Err(Error::Forbidden(
+                    "This key lacks the sessions.write scope".into(),
+                ));
             }
             let account = key.account_id.ok_or_else(unauthorized)?;
-            let actor = Actor { kind: ActorType::ApiKey, id: Some(key.uid), email: None, ip: req.client_ip_string() };
+            let actor = Actor {
+                kind: ActorType::ApiKey,
+                id: Some(key.uid),
+                email: None,
+                ip: req.client_ip_string(),
+            };
             (account, Some(actor))
         }
         None => {
@@ -325,10 +377,14 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
                 return Err(unauthorized());
             }
             if let Some(ip) = req.client_ip {
-                ctx.app.anonymous_shares.check(ip, ctx.now).map_err(|retry_after_secs| Error::TooManyRequests {
-                    message: "Too many sessions created from this address; try again later".into(),
-                    retry_after_secs,
-                })?;
+                ctx.app
+                    .anonymous_shares
+                    .check(ip, ctx.now)
+                    .map_err(|retry_after_secs| Error::TooManyRequests {
+                        message: "Too many sessions created from this address; try again later"
+                            .into(),
+                        retry_after_secs,
+                    })?;
             }
             let account = ctx
                 .db
@@ -353,7 +409,10 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
         expires_at: ctx.now + ttl,
     };
     let actor = key_actor.unwrap_or_else(|| owner_actor(&uid, req));
-    let password_change = policy_update.as_ref().map(|p| p.password_change()).unwrap_or(PasswordChange::Keep);
+    let password_change = policy_update
+        .as_ref()
+        .map(|p| p.password_change())
+        .unwrap_or(PasswordChange::Keep);
     let now = ctx.now;
     let slug = ctx.app.writer.exec(move |tx| {
         let (slug, id) = shares::insert_share(tx, &new)?;
@@ -404,7 +463,9 @@ pub fn get_by_slug(ctx: &Ctx, req: &Req, slug: &str) -> Result<Resp> {
     }
     match authorize(ctx, req, &share, OWNER_ACCOUNT_INTERNAL_READ) {
         Ok(access) => full_view(ctx, &share, access.owner_token()),
-        Err(Error::Unauthorized(_) | Error::NotFound(_) | Error::Forbidden(_)) => Ok(public_view(ctx, &share)),
+        Err(Error::Unauthorized(_) | Error::NotFound(_) | Error::Forbidden(_)) => {
+            Ok(public_view(ctx, &share))
+        }
         Err(e) => Err(e),
     }
 }
@@ -472,17 +533,29 @@ impl PolicyUpdate {
         let block_paths = f.str_array("blockPaths")?;
         if let Some(paths) = &block_paths {
             if paths.len() > MAX_BLOCK_PATHS {
-                return Err(Error::bad_request(format!("policy.blockPaths may hold at most {MAX_BLOCK_PATHS} paths")));
+                return Err(Error::bad_request(format!(
+                    "policy.blockPaths may hold at most {MAX_BLOCK_PATHS} paths"
+                )));
             }
             if let Some(bad) = paths.iter().find(|p| !p.starts_with('/') || p.len() > 1024) {
-                return Err(Error::bad_request(format!("policy.blockPaths entry {bad:?} must be a path starting with /")));
+                return Err(Error::bad_request(format!(
+                    "policy.blockPaths entry {bad:?} must be a path starting with /"
+                )));
             }
         }
-        let password = f.str("password")?.filter(|p| *p != MASKED_PASSWORD).map(str::to_string);
+        let password = f
+            .str("password")?
+            .filter(|p| *p != MASKED_PASSWORD)
+            .map(str::to_string);
         if password.as_ref().is_some_and(|p| p.len() > 256) {
-            return Err(Error::bad_request("policy.password must be at most 256 characters"));
+            return Err(Error::bad_request(
+                "policy.password must be at most 256 characters",
+            ));
         }
-        let password_hash = password.as_deref().filter(|p| !p.is_empty()).map(auth::hash_password);
+        let password_hash = password
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .map(auth::hash_password);
         Ok(PolicyUpdate {
             public: f.bool("public")?,
             max_viewers: f.int("maxConcurrentViewers", 0, 1_000_000)?,
@@ -504,7 +577,10 @@ impl PolicyUpdate {
         Policy {
             public: self.public.unwrap_or(current.public),
             max_viewers: self.max_viewers.unwrap_or(current.max_viewers),
-            block_paths: self.block_paths.clone().unwrap_or_else(|| current.block_paths.clone()),
+            block_paths: self
+                .block_paths
+                .clone()
+                .unwrap_or_else(|| current.block_paths.clone()),
             password_hash: match change {
                 PasswordChange::Keep => current.password_hash.clone(),
                 PasswordChange::Remove => None,
@@ -524,7 +600,14 @@ pub fn set_policy(ctx: &Ctx, req: &Req, slug: &str, via: Via) -> Result<Resp> {
         let current = shares::policy_for_update(tx, id)?.ok_or_else(not_found)?;
         let policy = update.apply(&current, change);
         shares::update_policy(tx, id, &policy, change != PasswordChange::Keep)?;
-        let entry = AuditEntry::new(Some(account), &actor, "session.policy_updated", "share_session", &uid).metadata(json!({
+        let entry = AuditEntry::new(
+            Some(account),
+            &actor,
+            "session.policy_updated",
+            "share_session",
+            &uid,
+        )
+        .metadata(json!({
             "public": policy.public,
             "maxConcurrentViewers": policy.max_viewers,
             "blockPaths": policy.block_paths,
@@ -536,30 +619,44 @@ pub fn set_policy(ctx: &Ctx, req: &Req, slug: &str, via: Via) -> Result<Resp> {
     if change != PasswordChange::Keep {
         ctx.app.viewers.reset_passwords(id);
     }
-    Ok(Resp::json(200, &json!({ "ok": true, "policy": PolicyView::of(&policy) })))
+    Ok(Resp::json(
+        200,
+        &json!({ "ok": true, "policy": PolicyView::of(&policy) }),
+    ))
 }
 
 /// `POST …/by-slug/:slug/kick`
 pub fn kick(ctx: &Ctx, req: &Req, slug: &str, via: Via) -> Result<Resp> {
     let (share, actor) = by_slug_for_change(ctx, req, slug, via)?;
     let body = json_object(req)?;
-    let viewer_id = Fields::new(&body).str("viewerId")?.ok_or_else(|| Error::bad_request("viewerId is required"))?;
+    let viewer_id = Fields::new(&body)
+        .str("viewerId")?
+        .ok_or_else(|| Error::bad_request("viewerId is required"))?;
     check_viewer_id(viewer_id)?;
     let viewer_id = viewer_id.to_string();
     let (id, account, uid, now) = (share.id, share.account_id, share.uid.clone(), ctx.now);
     let kicked_id = viewer_id.clone();
     ctx.app.writer.exec(move |tx| {
         if shares::kick(tx, id, &viewer_id, now)? {
-            let entry = AuditEntry::new(Some(account), &actor, "viewer.kicked", "share_session", &uid)
-                .summary(format!("viewer {viewer_id} kicked"))
-                .metadata(json!({ "viewerId": viewer_id }));
+            let entry = AuditEntry::new(
+                Some(account),
+                &actor,
+                "viewer.kicked",
+                "share_session",
+                &uid,
+            )
+            .summary(format!("viewer {viewer_id} kicked"))
+            .metadata(json!({ "viewerId": viewer_id }));
             audit::record(tx, &entry, now)?;
         }
         Ok(())
     })?;
     ctx.app.viewers.kick(id, &kicked_id);
     let (_, kicked) = ctx.app.viewers.list(id, ctx.now, loader(ctx.db, id))?;
-    Ok(Resp::json(200, &json!({ "ok": true, "kickedViewerIds": kicked })))
+    Ok(Resp::json(
+        200,
+        &json!({ "ok": true, "kickedViewerIds": kicked }),
+    ))
 }
 
 /// `POST …/by-slug/:slug/close`
@@ -568,13 +665,18 @@ pub fn close(ctx: &Ctx, req: &Req, slug: &str, via: Via) -> Result<Resp> {
     let (id, account, uid, now) = (share.id, share.account_id, share.uid.clone(), ctx.now);
     ctx.app.writer.exec(move |tx| {
         if shares::end(tx, id, "closed", now)? {
-            let entry = AuditEntry::new(Some(account), &actor, "session.closed", "share_session", &uid)
-                .summary("share session closed");
+            let entry = AuditEntry::new(
+                Some(account),
+                &actor,
+                "session.closed",
+                "share_session",
+                &uid,
+            )
+            .summary("share session closed");
             audit::record(tx, &entry, now)?;
         }
         Ok(())
     })?;
-    ctx.app.viewers.forget(id);
     Ok(Resp::json(200, &json!({ "ok": true })))
 }
 
@@ -582,12 +684,24 @@ pub fn close(ctx: &Ctx, req: &Req, slug: &str, via: Via) -> Result<Resp> {
 pub fn delete(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
     let share = share_by_uid(ctx, id)?;
     let actor = authorize(ctx, req, &share, OWNER_ACCOUNT_INTERNAL_WRITE)?.actor(&share, req);
-    let (row, account, uid, slug, now) = (share.id, share.account_id, share.uid.clone(), share.slug.clone(), ctx.now);
+    let (row, account, uid, slug, now) = (
+        share.id,
+        share.account_id,
+        share.uid.clone(),
+        share.slug.clone(),
+        ctx.now,
+    );
     ctx.app.writer.exec(move |tx| {
         if shares::delete(tx, row)? {
-            let entry = AuditEntry::new(Some(account), &actor, "session.deleted", "share_session", &uid)
-                .summary(format!("share session {slug} deleted"))
-                .metadata(json!({ "slug": slug }));
+            let entry = AuditEntry::new(
+                Some(account),
+                &actor,
+                "session.deleted",
+                "share_session",
+                &uid,
+            )
+            .summary(format!("share session {slug} deleted"))
+            .metadata(json!({ "slug": slug }));
             audit::record(tx, &entry, now)?;
         }
         Ok(())
@@ -620,9 +734,8 @@ pub fn create_token(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
     };
     let ttl = match f.raw("maxTtl") {
         None => 2 * 3_600_000,
-        Some(Value::String(s)) => {
-            parse_minutes_or_hours(s).ok_or_else(|| Error::bad_request("maxTtl must use minutes or hours"))?
-        }
+        Some(Value::String(s)) => parse_minutes_or_hours(s)
+            .ok_or_else(|| Error::bad_request("maxTtl must use minutes or hours"))?,
         Some(_) => return Err(Error::bad_request("maxTtl must use minutes or hours")),
     };
     let expires_at = ctx.now + ttl.min(SCOPED_TOKEN_MAX_TTL);
@@ -633,13 +746,22 @@ pub fn create_token(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
     let (name2, scopes2) = (name.clone(), scopes.clone());
     ctx.app.writer.exec(move |tx| {
         shares::insert_scoped_token(tx, row, &hash, &name2, &scopes2, now, expires_at)?;
-        let entry = AuditEntry::new(Some(account), &actor, "token.created", "share_session", &uid)
-            .summary(format!("scoped token {name2} created"))
-            .metadata(json!({ "name": name2, "scopes": scopes2, "expiresAt": rfc3339(expires_at) }));
+        let entry = AuditEntry::new(
+            Some(account),
+            &actor,
+            "token.created",
+            "share_session",
+            &uid,
+        )
+        .summary(format!("scoped token {name2} created"))
+        .metadata(json!({ "name": name2, "scopes": scopes2, "expiresAt": rfc3339(expires_at) }));
         audit::record(tx, &entry, now)?;
         Ok(())
     })?;
-    Ok(Resp::json(201, &json!({ "token": token, "name": name, "scopes": scopes, "expiresAt": rfc3339(expires_at) })))
+    Ok(Resp::json(
+        201,
+        &json!({ "token": token, "name": name, "scopes": scopes, "expiresAt": rfc3339(expires_at) }),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -660,9 +782,14 @@ pub fn validate(ctx: &Ctx, req: &Req) -> Result<Resp> {
     }
     let share = ctx.db.share_by_slug(slug)?.ok_or_else(invalid)?;
     let valid = share.is_owner_token(secret)
-        || ctx.db.scoped_token(&auth::token_hash(token))?.is_some_and(|t| {
-            t.session_id == share.id && t.expires_at > ctx.now && t.scopes.iter().any(|s| s == "tunnel:connect")
-        });
+        || ctx
+            .db
+            .scoped_token(&auth::token_hash(token))?
+            .is_some_and(|t| {
+                t.session_id == share.id
+                    && t.expires_at > ctx.now
+                    && t.scopes.iter().any(|s| s == "tunnel:connect")
+            });
     if !valid {
         return Err(invalid());
     }
@@ -687,39 +814,69 @@ pub fn report_viewers(ctx: &Ctx, req: &Req, slug: &str, via: Via) -> Result<Resp
         }
     };
     let body = json_object(req)?;
-    let items = Fields::new(&body).array("viewers")?.ok_or_else(|| Error::bad_request("viewers must be an array"))?;
+    let items = Fields::new(&body)
+        .array("viewers")?
+        .ok_or_else(|| Error::bad_request("viewers must be an array"))?;
     if items.len() > MAX_SNAPSHOT_VIEWERS {
-        return Err(Error::bad_request(format!("viewers may hold at most {MAX_SNAPSHOT_VIEWERS} entries")));
+        return Err(Error::bad_request(format!(
+            "viewers may hold at most {MAX_SNAPSHOT_VIEWERS} entries"
+        )));
     }
     let mut reported = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let Value::Object(map) = item else {
-            return Err(Error::bad_request(format!("viewers[{i}] must be an object")));
+            return Err(Error::bad_request(format!(
+                "viewers[{i}] must be an object"
+            )));
         };
         let f = Fields::new(map);
-        let id = f.str("id")?.ok_or_else(|| Error::bad_request(format!("viewers[{i}].id is required")))?;
+        let id = f
+            .str("id")?
+            .ok_or_else(|| Error::bad_request(format!("viewers[{i}].id is required")))?;
         check_viewer_id(id)?;
         let last_seen_at = match map.get("lastSeenAt") {
             None | Some(Value::Null) => ctx.now,
-            Some(Value::String(s)) => parse_rfc3339(s)
-                .ok_or_else(|| Error::bad_request(format!("viewers[{i}].lastSeenAt must be an RFC 3339 time")))?,
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .ok_or_else(|| Error::bad_request(format!("viewers[{i}].lastSeenAt must be an RFC 3339 time")))?,
-            Some(_) => return Err(Error::bad_request(format!("viewers[{i}].lastSeenAt must be an RFC 3339 time"))),
+            Some(Value::String(s)) => parse_rfc3339(s).ok_or_else(|| {
+                Error::bad_request(format!("viewers[{i}].lastSeenAt must be an RFC 3339 time"))
+            })?,
+            Some(Value::Number(n)) => n.as_i64().ok_or_else(|| {
+                Error::bad_request(format!("viewers[{i}].lastSeenAt must be an RFC 3339 time"))
+            })?,
+            Some(_) => {
+                return Err(Error::bad_request(format!(
+                    "viewers[{i}].lastSeenAt must be an RFC 3339 time"
+                )));
+            }
         };
         let requests = f.int("requests", 0, i64::MAX)?.unwrap_or(0);
         let ip = f.str("ip")?.map(|s| s.chars().take(64).collect());
         // A gateway clock ahead of ours must not keep a viewer alive forever.
-        reported.push(ReportedViewer { id: id.to_string(), last_seen_at: last_seen_at.min(ctx.now), requests, ip });
+        reported.push(ReportedViewer {
+            id: id.to_string(),
+            last_seen_at: last_seen_at.min(ctx.now),
+            requests,
+            ip,
+        });
     }
-    ctx.app.viewers.merge_snapshot(share.id, reported, loader(ctx.db, share.id))?;
+    ctx.app
+        .viewers
+        .merge_snapshot(share.id, reported, loader(ctx.db, share.id))?;
     Ok(Resp::json(200, &json!({ "ok": true })))
 }
 
 fn check_viewer_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
-    if ok { Ok(()) } else { Err(Error::bad_request("viewerId must be 1 to 64 letters, digits, - or _")) }
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::bad_request(
+            "viewerId must be 1 to 64 letters, digits, - or _",
+        ))
+    }
 }
 
 #[derive(Serialize)]
@@ -740,11 +897,15 @@ pub fn admit(ctx: &Ctx, req: &Req, slug: &str) -> Result<Resp> {
     if let Some(id) = viewer_id {
         check_viewer_id(id)?;
     }
-    let ip = f.str("ip")?.ok_or_else(|| Error::bad_request("ip is required"))?;
+    let ip = f
+        .str("ip")?
+        .ok_or_else(|| Error::bad_request("ip is required"))?;
     if ip.len() > 64 {
         return Err(Error::bad_request("ip must be at most 64 characters"));
     }
-    let path = f.str("path")?.ok_or_else(|| Error::bad_request("path is required"))?;
+    let path = f
+        .str("path")?
+        .ok_or_else(|| Error::bad_request("path is required"))?;
     if !path.starts_with('/') {
         return Err(Error::bad_request("path must start with /"));
     }
@@ -756,17 +917,32 @@ pub fn admit(ctx: &Ctx, req: &Req, slug: &str) -> Result<Resp> {
         authorization: f.str("authorization")?,
         owner_token: f.str("ownerToken")?,
     };
-    let share = match looks_like_slug(slug).then(|| ctx.db.share_by_slug(slug)).transpose()?.flatten() {
+    let share = match looks_like_slug(slug)
+        .then(|| ctx.db.share_by_slug(slug))
+        .transpose()?
+        .flatten()
+    {
         Some(s) => s,
         None => {
             let body = json!({ "error": NOT_FOUND, "allow": false, "status": 404, "reason": "not_found", "viewerId": null });
             return Ok(Resp::json(404, &body));
         }
     };
-    let decision = ctx.app.viewers.admit(&share, &request, ctx.now, loader(ctx.db, share.id))?;
+    let decision = ctx
+        .app
+        .viewers
+        .admit(&share, &request, ctx.now, loader(ctx.db, share.id))?;
     let (allow, status, reason) = match decision.refusal {
         None => (true, 200, "allowed"),
         Some(r) => (false, r.status(), r.reason()),
     };
-    Ok(Resp::json(200, &Admission { allow, status, reason, viewer_id: decision.viewer_id }))
+    Ok(Resp::json(
+        200,
+        &Admission {
+            allow,
+            status,
+            reason,
+            viewer_id: decision.viewer_id,
+        },
+    ))
 }

@@ -23,11 +23,9 @@ pub enum CredentialKind {
 /// A credential found by the hash of what a caller presented.
 #[derive(Clone, Debug)]
 pub struct Credential {
-    pub id: i64,
     pub uid: String,
     pub kind: CredentialKind,
     pub account_id: Option<i64>,
-    pub user_id: Option<i64>,
     pub scopes: Vec<String>,
     pub service_role: Option<String>,
     pub expires_at: Option<Millis>,
@@ -52,28 +50,26 @@ impl Reader {
         let row = self
             .conn
             .prepare_cached(
-                "SELECT id, uid, kind, account_id, user_id, scopes, service_role, expires_at, idle_expires_at,
+                "SELECT uid, kind, account_id, scopes, service_role, expires_at, idle_expires_at,
                         revoked_at IS NOT NULL
                  FROM credentials WHERE token_hash = ?1",
             )?
             .query_row([hash], |r| {
-                let kind: String = r.get(2)?;
-                let scopes: String = r.get(5)?;
+                let kind: String = r.get(1)?;
+                let scopes: String = r.get(3)?;
                 Ok(Credential {
-                    id: r.get(0)?,
-                    uid: r.get(1)?,
+                    uid: r.get(0)?,
                     kind: match kind.as_str() {
                         "login" => CredentialKind::Login,
                         "api_key" => CredentialKind::ApiKey,
                         _ => CredentialKind::ServiceKey,
                     },
-                    account_id: r.get(3)?,
-                    user_id: r.get(4)?,
+                    account_id: r.get(2)?,
                     scopes: serde_json::from_str(&scopes).unwrap_or_default(),
-                    service_role: r.get(6)?,
-                    expires_at: r.get(7)?,
-                    idle_expires_at: r.get(8)?,
-                    revoked: r.get(9)?,
+                    service_role: r.get(4)?,
+                    expires_at: r.get(5)?,
+                    idle_expires_at: r.get(6)?,
+                    revoked: r.get(7)?,
                 })
             })
             .optional()?;
@@ -137,9 +133,17 @@ pub fn insert_key(tx: &Tx, key: &NewKey, actor: &Actor, now: Millis) -> Result<S
 
 /// Creates the built-in accounts and, on an empty database, the admin user. Returns the generated
 /// admin password when one had to be made up (the caller prints it once).
-pub fn bootstrap(conn: &mut Connection, admin_email: &str, admin_password: Option<&str>, now: Millis) -> Result<Option<String>> {
+pub fn bootstrap(
+    conn: &mut Connection,
+    admin_email: &str,
+    admin_password: Option<&str>,
+    now: Millis,
+) -> Result<Option<String>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    for (name, kind) in [(ANONYMOUS_ACCOUNT, "system"), (PERSONAL_ACCOUNT, "personal")] {
+    for (name, kind) in [
+        (ANONYMOUS_ACCOUNT, "system"),
+        (PERSONAL_ACCOUNT, "personal"),
+    ] {
         tx.prepare_cached(
             "INSERT INTO accounts (uid, name, kind, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO NOTHING",
         )?
@@ -162,14 +166,23 @@ pub fn bootstrap(conn: &mut Connection, admin_email: &str, admin_password: Optio
         )?
         .execute(params![uid, admin_email, auth::hash_password(&password), now])?;
         let user_id = tx.last_insert_rowid();
-        let account_id: i64 =
-            tx.query_row("SELECT id FROM accounts WHERE name = ?1", [PERSONAL_ACCOUNT], |r| r.get(0))?;
+        let account_id: i64 = tx.query_row(
+            "SELECT id FROM accounts WHERE name = ?1",
+            [PERSONAL_ACCOUNT],
+            |r| r.get(0),
+        )?;
         tx.prepare_cached(
             "INSERT INTO memberships (account_id, user_id, role, created_at) VALUES (?1, ?2, 'owner', ?3)",
         )?
         .execute(params![account_id, user_id, now])?;
-        let entry = AuditEntry::new(Some(account_id), &Actor::system(), "user.created", "user", &uid)
-            .summary(format!("bootstrap admin {admin_email} created"));
+        let entry = AuditEntry::new(
+            Some(account_id),
+            &Actor::system(),
+            "user.created",
+            "user",
+            &uid,
+        )
+        .summary(format!("bootstrap admin {admin_email} created"));
         super::audit::record(&Tx { conn: &tx }, &entry, now)?;
     }
     tx.commit()?;

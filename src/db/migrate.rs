@@ -74,9 +74,13 @@ mod tests {
     #[test]
     fn newer_database_is_refused_naming_both_versions() {
         let mut conn = Connection::open_in_memory().unwrap();
-        conn.pragma_update(None, "user_version", LATEST + 5).unwrap();
+        conn.pragma_update(None, "user_version", LATEST + 5)
+            .unwrap();
         let err = migrate(&mut conn).unwrap_err().to_string();
-        assert!(err.contains(&format!("schema version {}", LATEST + 5)), "{err}");
+        assert!(
+            err.contains(&format!("schema version {}", LATEST + 5)),
+            "{err}"
+        );
         assert!(err.contains(&format!("this binary's {LATEST}")), "{err}");
     }
 }

@@ -32,9 +32,8 @@ pub fn open(path: &Path, access: Access, synchronous_full: bool) -> Result<Conne
         Access::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
     } | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
-        Error::Internal(format!("cannot open database {}: {e}", path.display()))
-    })?;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::Internal(format!("cannot open database {}: {e}", path.display())))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(64);
     let sync = if synchronous_full { "FULL" } else { "NORMAL" };
@@ -52,7 +51,9 @@ pub fn open(path: &Path, access: Access, synchronous_full: bool) -> Result<Conne
     if access == Access::ReadWrite {
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Internal(format!("the database refused WAL mode (journal_mode = {mode})")));
+            return Err(Error::Internal(format!(
+                "the database refused WAL mode (journal_mode = {mode})"
+            )));
         }
     }
     Ok(conn)
@@ -65,7 +66,9 @@ pub struct Reader {
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader> {
-        Ok(Reader { conn: open(path, Access::ReadOnly, true)? })
+        Ok(Reader {
+            conn: open(path, Access::ReadOnly, true)?,
+        })
     }
 
     /// True when the database answers a trivial query (for `/readyz`).

@@ -7,32 +7,31 @@ use crate::domain::share::{AuthMode, Policy, Share, new_slug};
 use crate::domain::time::Millis;
 use crate::error::{Error, Result};
 
-const SHARE_COLUMNS: &str = "s.id, s.uid, s.account_id, sh.slug, sh.owner_token_hash, sh.port, sh.auth_mode,
+const SHARE_COLUMNS: &str = "s.id, s.uid, s.account_id, sh.slug, sh.owner_token_hash, sh.auth_mode,
     sh.basic_password_hash, sh.policy_public, sh.policy_max_viewers, sh.policy_block_paths,
     sh.policy_password_hash, s.status, s.created_at, s.expires_at";
 
 fn share_from_row(r: &Row) -> rusqlite::Result<Share> {
-    let auth_mode: String = r.get(6)?;
-    let block_paths: String = r.get(10)?;
-    let status: String = r.get(12)?;
+    let auth_mode: String = r.get(5)?;
+    let block_paths: String = r.get(9)?;
+    let status: String = r.get(11)?;
     Ok(Share {
         id: r.get(0)?,
         uid: r.get(1)?,
         account_id: r.get(2)?,
         slug: r.get(3)?,
         owner_token_hash: r.get(4)?,
-        port: r.get(5)?,
         auth_mode: AuthMode::parse(&auth_mode).unwrap_or(AuthMode::None),
-        basic_password_hash: r.get(7)?,
+        basic_password_hash: r.get(6)?,
         policy: Policy {
-            public: r.get(8)?,
-            max_viewers: r.get(9)?,
+            public: r.get(7)?,
+            max_viewers: r.get(8)?,
             block_paths: serde_json::from_str(&block_paths).unwrap_or_default(),
-            password_hash: r.get(11)?,
+            password_hash: r.get(10)?,
         },
         closed: status != "active",
-        created_at: r.get(13)?,
-        expires_at: r.get::<_, Option<Millis>>(14)?.unwrap_or(Millis::MAX),
+        created_at: r.get(12)?,
+        expires_at: r.get::<_, Option<Millis>>(13)?.unwrap_or(Millis::MAX),
     })
 }
 
@@ -65,14 +64,22 @@ impl Reader {
         let sql = format!(
             "SELECT {SHARE_COLUMNS} FROM sessions s JOIN shares sh ON sh.session_id = s.id WHERE s.uid = ?1"
         );
-        Ok(self.conn.prepare_cached(&sql)?.query_row([uid], share_from_row).optional()?)
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([uid], share_from_row)
+            .optional()?)
     }
 
     pub fn share_by_slug(&self, slug: &str) -> Result<Option<Share>> {
         let sql = format!(
             "SELECT {SHARE_COLUMNS} FROM shares sh JOIN sessions s ON s.id = sh.session_id WHERE sh.slug = ?1"
         );
-        Ok(self.conn.prepare_cached(&sql)?.query_row([slug], share_from_row).optional()?)
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([slug], share_from_row)
+            .optional()?)
     }
 
     pub fn share_viewers(&self, session_id: i64) -> Result<Vec<ViewerRow>> {
@@ -97,7 +104,9 @@ impl Reader {
     pub fn share_kicked(&self, session_id: i64) -> Result<Vec<String>> {
         let rows = self
             .conn
-            .prepare_cached("SELECT viewer_id FROM kicked_viewers WHERE session_id = ?1 ORDER BY id")?
+            .prepare_cached(
+                "SELECT viewer_id FROM kicked_viewers WHERE session_id = ?1 ORDER BY id",
+            )?
             .query_map([session_id], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
@@ -106,7 +115,9 @@ impl Reader {
     pub fn scoped_token(&self, hash: &[u8]) -> Result<Option<ScopedToken>> {
         Ok(self
             .conn
-            .prepare_cached("SELECT session_id, scopes, expires_at FROM share_tokens WHERE token_hash = ?1")?
+            .prepare_cached(
+                "SELECT session_id, scopes, expires_at FROM share_tokens WHERE token_hash = ?1",
+            )?
             .query_row([hash], |r| {
                 let scopes: String = r.get(1)?;
                 Ok(ScopedToken {
@@ -115,14 +126,6 @@ impl Reader {
                     expires_at: r.get(2)?,
                 })
             })
-            .optional()?)
-    }
-
-    pub fn share_slug_by_id(&self, session_id: i64) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT slug FROM shares WHERE session_id = ?1")?
-            .query_row([session_id], |r| r.get(0))
             .optional()?)
     }
 
@@ -207,7 +210,9 @@ pub fn insert_share(tx: &Tx, share: &NewShare) -> Result<(String, i64)> {
             Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::Internal("could not allocate a free slug in 16 draws".into()))
+    Err(Error::Internal(
+        "could not allocate a free slug in 16 draws".into(),
+    ))
 }
 
 /// The current policy, read inside the writer so that concurrent partial updates compose.
@@ -231,7 +236,12 @@ pub fn policy_for_update(tx: &Tx, session_id: i64) -> Result<Option<Policy>> {
 }
 
 /// Stores a policy. When the password changed, every viewer must pass it again.
-pub fn update_policy(tx: &Tx, session_id: i64, policy: &Policy, password_changed: bool) -> Result<()> {
+pub fn update_policy(
+    tx: &Tx,
+    session_id: i64,
+    policy: &Policy,
+    password_changed: bool,
+) -> Result<()> {
     tx.conn
         .prepare_cached(
             "UPDATE shares SET policy_public = ?2, policy_max_viewers = ?3, policy_block_paths = ?4,
@@ -280,7 +290,10 @@ pub fn end(tx: &Tx, session_id: i64, reason: &str, now: Millis) -> Result<bool> 
 
 /// Removes a share session with its tokens, viewers and kicks.
 pub fn delete(tx: &Tx, session_id: i64) -> Result<bool> {
-    let n = tx.conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?.execute([session_id])?;
+    let n = tx
+        .conn
+        .prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+        .execute([session_id])?;
     Ok(n > 0)
 }
 
@@ -312,13 +325,22 @@ pub fn upsert_viewers(tx: &Tx, batch: &[(i64, ViewerRow)]) -> Result<()> {
             ip = coalesce(excluded.ip, ip), password_ok = excluded.password_ok",
     )?;
     for (session_id, v) in batch {
-        stmt.execute(params![session_id, v.viewer_id, v.last_seen_at, v.requests, v.ip, v.password_ok])?;
+        stmt.execute(params![
+            session_id,
+            v.viewer_id,
+            v.last_seen_at,
+            v.requests,
+            v.ip,
+            v.password_ok
+        ])?;
     }
     Ok(())
 }
 
 pub fn delete_viewers(tx: &Tx, session_id: i64, viewer_ids: &[String]) -> Result<()> {
-    let mut stmt = tx.conn.prepare_cached("DELETE FROM viewers WHERE session_id = ?1 AND viewer_id = ?2")?;
+    let mut stmt = tx
+        .conn
+        .prepare_cached("DELETE FROM viewers WHERE session_id = ?1 AND viewer_id = ?2")?;
     for id in viewer_ids {
         stmt.execute(params![session_id, id])?;
     }

@@ -50,7 +50,9 @@ where
     F: FnOnce(&Tx) -> Result<T> + Send,
 {
     fn run(&mut self, tx: &Tx) -> bool {
-        let Some(work) = self.work.take() else { return false };
+        let Some(work) = self.work.take() else {
+            return false;
+        };
         let result = catch_unwind(AssertUnwindSafe(|| work(tx)))
             .unwrap_or_else(|_| Err(Error::Internal("a writer job panicked".into())));
         let ok = result.is_ok();
@@ -63,7 +65,9 @@ where
             (_, Some(Err(e))) => Err(e),
             (Err(e), _) => Err(e),
             (Ok(()), Some(Ok(v))) => Ok(v),
-            (Ok(()), None) => Err(Error::Unavailable("The store did not run the change".into())),
+            (Ok(()), None) => Err(Error::Unavailable(
+                "The store did not run the change".into(),
+            )),
         };
         let _ = self.reply.send(answer);
     }
@@ -99,7 +103,12 @@ impl Writer {
                 })
                 .expect("spawn the writer thread")
         };
-        Writer { queue, alive, stats, thread: std::sync::Mutex::new(Some(thread)) }
+        Writer {
+            queue,
+            alive,
+            stats,
+            thread: std::sync::Mutex::new(Some(thread)),
+        }
     }
 
     /// Runs `work` in the next group commit and returns its result once the commit is durable.
@@ -109,7 +118,11 @@ impl Writer {
         F: FnOnce(&Tx) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = crossbeam_channel::bounded(1);
-        let job = TypedJob { work: Some(work), result: None, reply };
+        let job = TypedJob {
+            work: Some(work),
+            result: None,
+            reply,
+        };
         self.queue
             .send(Msg::Job(Box::new(job)))
             .map_err(|_| Error::Unavailable("The store is shutting down".into()))?;
@@ -133,6 +146,17 @@ impl Writer {
         if let Some(thread) = thread {
             let _ = thread.join();
         }
+        let s = &self.stats;
+        let (batches, jobs) = (
+            s.batches.load(Ordering::Relaxed),
+            s.jobs.load(Ordering::Relaxed),
+        );
+        log::info!(
+            "writer: {jobs} changes in {batches} commits (largest batch {}, {} failed, {:.2} ms average commit)",
+            s.largest_batch.load(Ordering::Relaxed),
+            s.failed_commits.load(Ordering::Relaxed),
+            s.commit_micros_total.load(Ordering::Relaxed) as f64 / 1000.0 / batches.max(1) as f64
+        );
     }
 }
 
@@ -211,7 +235,9 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, stats: &Writer
     });
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.jobs.fetch_add(size, Ordering::Relaxed);
-    stats.commit_micros_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    stats
+        .commit_micros_total
+        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     stats.largest_batch.fetch_max(size, Ordering::Relaxed);
     for job in batch.drain(..) {
         let commit = match &commit {

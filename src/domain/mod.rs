@@ -7,7 +7,6 @@ pub mod words;
 /// Who did something, as the audit table records it (SPEC §7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActorType {
-    User,
     ApiKey,
     OwnerToken,
     Service,
@@ -17,7 +16,6 @@ pub enum ActorType {
 impl ActorType {
     pub fn as_str(self) -> &'static str {
         match self {
-            ActorType::User => "user",
             ActorType::ApiKey => "api_key",
             ActorType::OwnerToken => "owner_token",
             ActorType::Service => "service",
@@ -36,7 +34,12 @@ pub struct Actor {
 
 impl Actor {
     pub fn system() -> Actor {
-        Actor { kind: ActorType::System, id: None, email: None, ip: None }
+        Actor {
+            kind: ActorType::System,
+            id: None,
+            email: None,
+            ip: None,
+        }
     }
 }
 
@@ -54,7 +57,13 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
-    pub fn new(account_id: Option<i64>, actor: &Actor, action: &str, resource_type: &'static str, resource_id: &str) -> AuditEntry {
+    pub fn new(
+        account_id: Option<i64>,
+        actor: &Actor,
+        action: &str,
+        resource_type: &'static str,
+        resource_id: &str,
+    ) -> AuditEntry {
         AuditEntry {
             account_id,
             actor: actor.clone(),

@@ -44,7 +44,12 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Policy {
-        Policy { public: true, max_viewers: DEFAULT_MAX_VIEWERS, block_paths: Vec::new(), password_hash: None }
+        Policy {
+            public: true,
+            max_viewers: DEFAULT_MAX_VIEWERS,
+            block_paths: Vec::new(),
+            password_hash: None,
+        }
     }
 }
 
@@ -56,7 +61,6 @@ pub struct Share {
     pub account_id: i64,
     pub slug: String,
     pub owner_token_hash: Vec<u8>,
-    pub port: Option<i64>,
     pub auth_mode: AuthMode,
     pub basic_password_hash: Option<String>,
     pub policy: Policy,
@@ -139,7 +143,10 @@ pub fn new_slug() -> String {
 
 /// A plausible slug: only what [`new_slug`] can produce is ever looked up.
 pub fn looks_like_slug(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
 }
 
 /// `<n>m` or `<n>h` (the share dialect's `expiresIn` and `maxTtl`), as milliseconds; `None` otherwise.
@@ -217,8 +224,14 @@ mod tests {
 
     #[test]
     fn basic_credentials() {
-        assert_eq!(basic_password("Basic d29ybTpzZWNyZXQ=").as_deref(), Some("secret"));
-        assert_eq!(basic_password("basic d29ybTpzZWNyZXQ="), Some("secret".into()));
+        assert_eq!(
+            basic_password("Basic d29ybTpzZWNyZXQ=").as_deref(),
+            Some("secret")
+        );
+        assert_eq!(
+            basic_password("basic d29ybTpzZWNyZXQ="),
+            Some("secret".into())
+        );
         assert_eq!(basic_password("Basic dXNlcjpzZWNyZXQ="), None); // user:secret
         assert_eq!(basic_password("Bearer abc"), None);
         assert_eq!(basic_password("Basic !!!"), None);

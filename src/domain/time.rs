@@ -34,7 +34,10 @@ pub fn rfc3339(ms: Millis) -> String {
 /// Parses RFC 3339 (`Z` or `±hh:mm` offset, optional fraction) into milliseconds.
 pub fn parse_rfc3339(s: &str) -> Option<Millis> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ')
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ')
     {
         return None;
     }
@@ -112,7 +115,12 @@ pub fn parse_duration(s: &str) -> Option<Millis> {
 
 /// Formats milliseconds back into the shortest exact duration string.
 pub fn format_duration(ms: Millis) -> String {
-    for (unit, factor) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+    for (unit, factor) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
         if ms != 0 && ms % factor == 0 {
             return format!("{}{unit}", ms / factor);
         }
@@ -156,7 +164,12 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-03-03T15:30:00.123Z"), Some(t));
         assert_eq!(parse_rfc3339("2026-03-03T16:30:00.123+01:00"), Some(t));
         assert_eq!(parse_rfc3339("2026-03-03T15:30:00Z"), Some(t - 123));
-        assert_eq!(parse_rfc3339("2024-02-29T00:00:00.000Z").map(rfc3339).as_deref(), Some("2024-02-29T00:00:00.000Z"));
+        assert_eq!(
+            parse_rfc3339("2024-02-29T00:00:00.000Z")
+                .map(rfc3339)
+                .as_deref(),
+            Some("2024-02-29T00:00:00.000Z")
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(parse_rfc3339("2026-13-03T15:30:00Z"), None);
     }

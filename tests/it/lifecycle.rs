@@ -1,0 +1,406 @@
+//! The process and the file: restarts keep everything, SIGTERM leaves an empty WAL, the reaper
+//! expires sessions, secrets never reach the database file, a dead accept loop ends the process, and
+//! the command line's exit codes.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+fn wal_is_empty(db: &std::path::Path) -> bool {
+    let wal = db.with_extension("db-wal");
+    std::fs::metadata(&wal)
+        .map(|m| m.len() == 0)
+        .unwrap_or(true)
+}
+
+#[test]
+fn sigterm_exits_zero_with_an_empty_wal_and_a_restart_keeps_every_session() {
+    let dir = Arc::new(TempDir::new());
+    let server = Server::start_in(dir.clone(), Opts::default());
+    let mut shares = Vec::new();
+    for i in 0..25 {
+        let s = create_share(
+            &server,
+            &json!({ "authMode": if i % 5 == 0 { "basic" } else { "none" } }),
+        );
+        assert!(
+            admit(
+                &server,
+                &s.slug,
+                &json!({ "viewerId": format!("v{i}"), "ip": "10.0.0.1", "path": "/" })
+            )
+            .0 || i % 5 == 0
+        );
+        shares.push(s);
+    }
+    server
+        .post_auth(
+            &format!("/owner/sessions/by-slug/{}/close", shares[1].slug),
+            &shares[1].owner_token,
+            &json!({}),
+        )
+        .expect(200);
+    server
+        .post_auth(
+            &format!("/owner/sessions/by-slug/{}/policy", shares[2].slug),
+            &shares[2].owner_token,
+            &json!({ "maxConcurrentViewers": 2, "blockPaths": ["/x"] }),
+        )
+        .expect(200);
+    server
+        .post_auth(
+            &format!("/owner/sessions/by-slug/{}/kick", shares[3].slug),
+            &shares[3].owner_token,
+            &json!({ "viewerId": "bad" }),
+        )
+        .expect(200);
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+    let db = dir.path().join("sessiond.db");
+    assert!(
+        wal_is_empty(&db),
+        "the WAL was not checkpointed and truncated on shutdown"
+    );
+
+    let server = Server::start_in(dir.clone(), Opts::default());
+    for (i, s) in shares.iter().enumerate() {
+        let full = server
+            .get_auth(&format!("/sessions/{}", s.id), &s.owner_token)
+            .expect(200);
+        assert_eq!(full["slug"], s.slug.as_str());
+        if i % 5 != 0 {
+            // Viewer activity absorbed in memory was flushed at shutdown.
+            let viewers = full["activeViewers"].as_array().unwrap();
+            assert_eq!(viewers.len(), 1, "session {i}: {full}");
+            assert_eq!(viewers[0]["requests"], 1);
+        }
+    }
+    assert_eq!(
+        server
+            .get(&format!("/sessions/by-slug/{}", shares[1].slug))
+            .expect(200)["closed"],
+        true
+    );
+    let p = server
+        .get_auth(
+            &format!("/sessions/{}", shares[2].id),
+            &shares[2].owner_token,
+        )
+        .expect(200);
+    assert_eq!(p["policy"]["maxConcurrentViewers"], 2);
+    assert_eq!(p["policy"]["blockPaths"], json!(["/x"]));
+    let k = server
+        .get_auth(
+            &format!("/sessions/{}", shares[3].id),
+            &shares[3].owner_token,
+        )
+        .expect(200);
+    assert_eq!(k["kickedViewerIds"], json!(["bad"]));
+    assert_eq!(
+        admit(
+            &server,
+            &shares[3].slug,
+            &json!({ "viewerId": "bad", "ip": "1.1.1.1", "path": "/" })
+        )
+        .2,
+        "kicked"
+    );
+    drop(server);
+    assert!(wal_is_empty(&db));
+    // The stopped service's .db file alone is a complete, sound database.
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&db, &copy).unwrap();
+    assert_eq!(query(&copy, "PRAGMA integrity_check")[0][0], "ok");
+    assert_eq!(query(&copy, "SELECT count(*) FROM shares")[0][0], 25);
+}
+
+#[test]
+fn the_reaper_expires_sessions_and_scoped_tokens() {
+    let server = Server::start_with(Opts::default().arg("--reap-interval", "100ms"));
+    let s = create_share(&server, &json!({ "expiresIn": "5m" }));
+    let keep = create_share(&server, &json!({}));
+    server
+        .post_auth(
+            &format!("/owner/sessions/{}/tokens", keep.id),
+            &keep.owner_token,
+            &json!({ "name": "old" }),
+        )
+        .expect(201);
+    server
+        .post_auth(
+            &format!("/owner/sessions/{}/tokens", keep.id),
+            &keep.owner_token,
+            &json!({ "name": "new" }),
+        )
+        .expect(201);
+    // Time passes for one session and one token.
+    server.exec_sql(&format!(
+        "UPDATE sessions SET expires_at = expires_at - 600000 WHERE uid = '{}'",
+        s.id
+    ));
+    server.exec_sql("UPDATE share_tokens SET expires_at = 0 WHERE name = 'old'");
+    assert!(eventually(Duration::from_secs(5), || {
+        server
+            .get(&format!("/sessions/by-slug/{}", s.slug))
+            .expect(200)["closed"]
+            == true
+    }));
+    let row = server.query(&format!(
+        "SELECT status, end_reason, ended_at IS NOT NULL FROM sessions WHERE uid = '{}'",
+        s.id
+    ));
+    assert_eq!(row[0], vec![json!("closed"), json!("expired"), json!(1)]);
+    let audit = server.query(&format!(
+        "SELECT actor_type FROM audit WHERE action = 'session.expired' AND resource_id = '{}'",
+        s.id
+    ));
+    assert_eq!(audit, vec![vec![json!("system")]]);
+    assert!(eventually(Duration::from_secs(5), || server
+        .query("SELECT count(*) FROM share_tokens WHERE name = 'old'")
+        [0][0]
+        == 0));
+    assert_eq!(
+        server.query("SELECT count(*) FROM share_tokens WHERE name = 'new'")[0][0],
+        1
+    );
+    assert_eq!(
+        server
+            .get(&format!("/sessions/by-slug/{}", keep.slug))
+            .expect(200)["closed"],
+        false
+    );
+}
+
+#[test]
+fn the_reaper_works_off_a_large_expiry_backlog_in_bounded_batches() {
+    let server = Server::start_with(
+        Opts::default()
+            .arg("--reap-interval", "100ms")
+            .arg("--anonymous-share-rate", "0"),
+    );
+    let first = create_share(&server, &json!({}));
+    // 3,000 sessions expiring at once (cloned in SQL: creating them over HTTP would only slow the test).
+    server.exec_sql(&format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+         INSERT INTO sessions (uid, dialect, account_id, status, created_at, expires_at)
+           SELECT 'sess_bulk' || i, 'share', account_id, 'active', created_at, 1000 FROM n, sessions WHERE uid = '{0}';
+         INSERT INTO shares (session_id, slug, owner_token_hash, auth_mode)
+           SELECT id, 'bulk-' || id, randomblob(32), 'none' FROM sessions WHERE uid LIKE 'sess_bulk%';",
+        first.id
+    ));
+    assert!(eventually(Duration::from_secs(20), || {
+        server.query(
+            "SELECT count(*) FROM sessions WHERE uid LIKE 'sess_bulk%' AND status = 'closed'",
+        )[0][0]
+            == 3000
+    }));
+    assert_eq!(
+        server.query("SELECT count(*) FROM audit WHERE action = 'session.expired'")[0][0],
+        3000
+    );
+    assert_eq!(
+        server
+            .get(&format!("/sessions/by-slug/{}", first.slug))
+            .expect(200)["closed"],
+        false
+    );
+}
+
+#[test]
+fn the_database_file_holds_no_issued_secret() {
+    let dir = Arc::new(TempDir::new());
+    let db = dir.path().join("sessiond.db");
+    let api_key = cli_key(&db, &[]);
+    let gateway_key = cli_key(&db, &["--service", "gateway"]);
+    let server = Server::start_in(dir.clone(), Opts::default());
+    let mut secrets = vec![
+        GATEWAY_KEY.to_string(),
+        api_key.clone(),
+        gateway_key,
+        "admin-password-for-tests".to_string(),
+    ];
+    for i in 0..10 {
+        let created = server
+            .post(
+                "/sessions",
+                &json!({ "authMode": if i % 2 == 0 { "basic" } else { "none" } }),
+            )
+            .expect(201);
+        let (id, slug, owner) = (
+            created["sessionId"].as_str().unwrap(),
+            created["slug"].as_str().unwrap(),
+            created["ownerToken"].as_str().unwrap(),
+        );
+        secrets.push(owner.to_string());
+        secrets.push(created["sessionToken"].as_str().unwrap().to_string());
+        if let Some(p) = created["password"].as_str() {
+            secrets.push(p.to_string());
+        }
+        let viewer_password = format!("viewer-pass-{i}");
+        server
+            .post_auth(
+                &format!("/owner/sessions/by-slug/{slug}/policy"),
+                owner,
+                &json!({ "password": viewer_password }),
+            )
+            .expect(200);
+        secrets.push(viewer_password);
+        let t = server
+            .post_auth(
+                &format!("/owner/sessions/{id}/tokens"),
+                owner,
+                &json!({ "scopes": ["tunnel:connect"] }),
+            )
+            .expect(201);
+        secrets.push(t["token"].as_str().unwrap().to_string());
+    }
+    let by_key = server
+        .post_auth("/sessions", &api_key, &json!({}))
+        .expect(201);
+    secrets.push(by_key["ownerToken"].as_str().unwrap().to_string());
+    let log = server.log_text();
+    drop(server);
+    let mut files = vec![std::fs::read(&db).unwrap()];
+    if let Ok(wal) = std::fs::read(db.with_extension("db-wal")) {
+        files.push(wal);
+    }
+    for secret in &secrets {
+        for bytes in &files {
+            assert!(
+                !contains(bytes, secret.as_bytes()),
+                "secret {secret:?} found in the database file"
+            );
+        }
+        // Random tokens are also absent from the log (the admin password was given, never printed).
+        assert!(
+            !log.contains(secret.as_str()),
+            "secret {secret:?} found in the log"
+        );
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn an_accept_failure_ends_the_process_instead_of_leaving_it_deaf() {
+    // With few descriptors, accept() fails with EMFILE; tiny_http's accept loop would then stop for
+    // good. sessiond must exit non-zero so that systemd restarts it.
+    let server = Server::start_with(
+        Opts {
+            nofile: Some(40),
+            ..Opts::default()
+        }
+        .arg("--threads", "2"),
+    );
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        match std::net::TcpStream::connect(&server.addr) {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let log = server.log.clone();
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("sessiond kept running with a dead accept loop");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "{status:?}\n{}",
+        log.lock().unwrap().join("\n")
+    );
+    assert!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("accepting connections failed"))
+    );
+}
+
+#[test]
+fn first_start_prints_generated_admin_credentials_once() {
+    let dir = Arc::new(TempDir::new());
+    let server = Server::start_in(dir.clone(), Opts::default().arg("--admin-password", ""));
+    let first = server.log_text();
+    assert!(
+        first.contains("created admin user admin@localhost with password "),
+        "{first}"
+    );
+    let password = first
+        .split("with password ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(password.len() >= 16);
+    drop(server);
+    let server = Server::start_in(dir, Opts::default().arg("--admin-password", ""));
+    assert!(
+        !server.log_text().contains(&password),
+        "the password was shown again"
+    );
+    let users = server.query("SELECT email, password_hash FROM users");
+    assert_eq!(users.len(), 1);
+    assert!(users[0][1].as_str().unwrap().starts_with("$argon2id$"));
+}
+
+#[test]
+fn command_line_exit_codes_and_schema_checks() {
+    let run = |args: &[&str]| Command::new(bin()).args(args).output().unwrap();
+    assert_eq!(run(&[]).status.code(), Some(2));
+    assert_eq!(run(&["bogus"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["serve", "--listen", "not-an-address"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(run(&["serve", "extra"]).status.code(), Some(2));
+    assert_eq!(run(&["version"]).status.code(), Some(0));
+
+    let dir = TempDir::new();
+    let db = dir.path().join("s.db");
+    let db = db.to_str().unwrap();
+    assert_eq!(
+        run(&["migrate", "--check", "--db", db]).status.code(),
+        Some(1),
+        "a fresh file has pending migrations"
+    );
+    assert_eq!(run(&["migrate", "--db", db]).status.code(), Some(0));
+    let checked = run(&["migrate", "--check", "--db", db]);
+    assert_eq!(checked.status.code(), Some(0));
+    let ok = run(&["check", "--db", db]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("integrity: ok"));
+
+    // A database from a newer sessiond is refused, naming both versions.
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let refused = run(&["serve", "--db", db, "--listen", "127.0.0.1:0"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let msg = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        msg.contains("schema version 99") && msg.contains("this binary's 1"),
+        "{msg}"
+    );
+
+    let dump = run(&["config", "--dump", "--internal-api-key", "very-secret"]);
+    let text = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        text.contains("listen = \"127.0.0.1:8080\"") && !text.contains("very-secret"),
+        "{text}"
+    );
+}

@@ -1,0 +1,7 @@
+//! The integration suite: every case runs against the real `sessiond` binary on a real socket with a
+//! real SQLite file in a temporary directory.
+
+mod admission;
+mod lifecycle;
+mod share;
+mod support;
