@@ -357,3 +357,69 @@ pub fn delete_expired_tokens(tx: &Tx, now: Millis, limit: usize) -> Result<usize
         .execute(params![now, limit as i64])?;
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::migrate;
+    use std::collections::HashSet;
+
+    /// Slugs stay unique and allocation keeps working with 1,000,000 stored sessions: the UNIQUE
+    /// index rejects a collision, and the insert draws again.
+    #[test]
+    fn slug_allocation_at_a_million_sessions() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        migrate::migrate(&mut conn).unwrap();
+        conn.execute(
+            "INSERT INTO accounts (uid, name, kind, created_at) VALUES ('a', 'a', 'system', 0)",
+            [],
+        )
+        .unwrap();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut session = tx
+                .prepare("INSERT INTO sessions (uid, dialect, account_id, status, created_at, expires_at) VALUES (?1, 'share', 1, 'active', 0, 0)")
+                .unwrap();
+            let mut share = tx
+                .prepare("INSERT OR IGNORE INTO shares (session_id, slug, owner_token_hash, auth_mode) VALUES (?1, ?2, ?3, 'none')")
+                .unwrap();
+            for i in 0..1_000_000i64 {
+                session.execute([format!("s{i}")]).unwrap();
+                share
+                    .execute(params![i + 1, new_slug(), i.to_le_bytes().to_vec()])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        let stored: i64 = conn
+            .query_row("SELECT count(*) FROM shares", [], |r| r.get(0))
+            .unwrap();
+        assert!(stored > 990_000, "the slug space is too dense: {stored}");
+
+        let started = std::time::Instant::now();
+        let mut slugs = HashSet::new();
+        for i in 0..2_000 {
+            let new = NewShare {
+                uid: format!("new{i}"),
+                account_id: 1,
+                owner_token_hash: crate::auth::token_hash(&format!("t{i}")),
+                port: None,
+                auth_mode: AuthMode::None,
+                basic_password_hash: None,
+                ip: None,
+                created_at: 0,
+                expires_at: 1,
+            };
+            let (slug, _) = insert_share(&Tx { conn: &conn }, &new).unwrap();
+            assert!(slugs.insert(slug));
+        }
+        let distinct: i64 = conn
+            .query_row("SELECT count(DISTINCT slug) FROM shares", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(distinct, stored + 2_000);
+        eprintln!(
+            "2,000 slugs allocated among {stored} stored in {:?}",
+            started.elapsed()
+        );
+    }
+}

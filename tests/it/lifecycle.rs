@@ -404,3 +404,51 @@ fn command_line_exit_codes_and_schema_checks() {
         "{text}"
     );
 }
+
+#[test]
+fn secrets_come_from_files_and_readiness_is_notified_after_bind() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = Arc::new(TempDir::new());
+    let key_file = dir.path().join("gateway.key");
+    std::fs::write(&key_file, "key-from-a-file\n").unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let opts = Opts {
+        env: vec![
+            (
+                "SESSIOND_INTERNAL_API_KEY_FILE".into(),
+                key_file.to_str().unwrap().into(),
+            ),
+            ("NOTIFY_SOCKET".into(), socket_path.to_str().unwrap().into()),
+        ],
+        ..Opts::default()
+    };
+    let server = Server::start_in(dir, opts);
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("READY=1 on the notify socket");
+    assert_eq!(&buf[..n], b"READY=1");
+    // The listener was bound before READY: a request right now is answered.
+    server.get("/healthz").expect(200);
+    let s = create_share(&server, &json!({}));
+    server
+        .get_auth(
+            &format!("/internal/sessions/by-slug/{}", s.slug),
+            "key-from-a-file",
+        )
+        .expect(200);
+    server
+        .get_auth(
+            &format!("/internal/sessions/by-slug/{}", s.slug),
+            "key-from-a-file-x",
+        )
+        .expect_error(401);
+    let status = server.stop();
+    assert!(status.success());
+    let n = socket
+        .recv(&mut buf)
+        .expect("STOPPING=1 on the notify socket");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
