@@ -59,6 +59,7 @@ CREATE TABLE credentials (
 
 CREATE INDEX credentials_account ON credentials(account_id, kind);
 CREATE INDEX credentials_user ON credentials(user_id, kind);
+CREATE INDEX credentials_expiry ON credentials(expires_at) WHERE expires_at IS NOT NULL;
 
 CREATE TABLE workspaces (
     id                   INTEGER PRIMARY KEY,
@@ -83,8 +84,11 @@ CREATE TABLE workspaces (
     max_session_duration INTEGER,
     idle_timeout         INTEGER,
     created_at           INTEGER NOT NULL,
-    UNIQUE (account_id, uid)
+    deleted_at           INTEGER
 ) STRICT;
+
+-- A deleted workspace keeps its row (its sessions still name it); its id may be used again.
+CREATE UNIQUE INDEX workspaces_live_uid ON workspaces(account_id, uid) WHERE deleted_at IS NULL;
 
 -- One row per session of any dialect. Dialect-specific data hangs off it in side tables.
 -- status: share 'active'|'closed'; workspace 'active'|'disconnected'|'terminated';
@@ -114,6 +118,8 @@ CREATE INDEX sessions_live_expiry ON sessions(expires_at) WHERE ended_at IS NULL
 CREATE INDEX sessions_account ON sessions(account_id, dialect, created_at);
 CREATE INDEX sessions_user ON sessions(user_id, created_at);
 CREATE INDEX sessions_workspace ON sessions(workspace_id, status);
+-- The reaper's idle sweep: live sessions by last activity.
+CREATE INDEX sessions_live_activity ON sessions(last_activity_at) WHERE ended_at IS NULL AND last_activity_at IS NOT NULL;
 
 -- Share sessions (Wormkey dialect).
 CREATE TABLE shares (

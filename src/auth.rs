@@ -173,6 +173,13 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     ok && ct_eq(&out, &expected)
 }
 
+/// A stored-form hash of no real password: unknown users are checked against it, so that a login
+/// for an email that does not exist costs the same argon2 time as a wrong password.
+pub fn dummy_password_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password(&random_alnum(24)))
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -287,6 +294,149 @@ impl RateLimiter {
     }
 }
 
+/// RFC 4648 base32 without padding (TOTP secrets).
+pub fn base32_encode(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for &b in bytes {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(A[((acc >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(A[((acc << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+pub fn base32_decode(s: &str) -> Option<Vec<u8>> {
+    let (mut acc, mut bits, mut out) = (0u32, 0, Vec::new());
+    for c in s.trim_end_matches('=').bytes() {
+        let v = match c.to_ascii_uppercase() {
+            c @ b'A'..=b'Z' => c - b'A',
+            c @ b'2'..=b'7' => c - b'2' + 26,
+            _ => return None,
+        };
+        acc = (acc << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// A new TOTP secret (160 bits, base32).
+pub fn new_totp_secret() -> String {
+    let mut b = [0u8; 20];
+    random_bytes(&mut b);
+    base32_encode(&b)
+}
+
+/// The RFC 6238 code (SHA-1, 30 s steps, 6 digits) of `secret` at time step `step`.
+pub fn totp_code(secret: &[u8], step: u64) -> u32 {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<sha1::Sha1>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(&step.to_be_bytes());
+    let digest = mac.finalize().into_bytes();
+    let offset = (digest[19] & 0x0f) as usize;
+    let binary = u32::from_be_bytes([
+        digest[offset] & 0x7f,
+        digest[offset + 1],
+        digest[offset + 2],
+        digest[offset + 3],
+    ]);
+    binary % 1_000_000
+}
+
+/// Checks a 6-digit code against `secret` (base32) at `now`, allowing one step either side.
+pub fn totp_verify(secret_b32: &str, code: &str, now: Millis) -> bool {
+    let Some(secret) = base32_decode(secret_b32) else {
+        return false;
+    };
+    if code.len() != 6 || !code.bytes().all(|c| c.is_ascii_digit()) {
+        return false;
+    }
+    let Ok(given) = code.parse::<u32>() else {
+        return false;
+    };
+    let step = (now / 1000 / 30) as u64;
+    let mut ok = false;
+    for s in [step.saturating_sub(1), step, step + 1] {
+        ok |= ct_eq(&totp_code(&secret, s).to_be_bytes(), &given.to_be_bytes());
+    }
+    ok
+}
+
+/// Login throttling (SPEC §2): after `limit` failures for one key (an email or an IP) within
+/// `window`, further attempts are refused for `lockout`.
+pub struct Throttle {
+    limit: usize,
+    window: Millis,
+    lockout: Millis,
+    state: Mutex<HashMap<String, (Vec<Millis>, Millis)>>,
+}
+
+impl Throttle {
+    pub fn new(limit: usize, window: Millis, lockout: Millis) -> Throttle {
+        Throttle {
+            limit,
+            window,
+            lockout,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Err(seconds to wait)` while any of `keys` is locked out.
+    pub fn check(&self, keys: &[String], now: Millis) -> Result<(), u64> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let until = keys
+            .iter()
+            .filter_map(|k| state.get(k))
+            .map(|(_, until)| *until)
+            .max()
+            .unwrap_or(0);
+        if until > now {
+            Err(((until - now + 999) / 1000) as u64)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn fail(&self, keys: &[String], now: Millis) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.len() > 100_000 {
+            state.retain(|_, (fails, until)| {
+                *until > now || fails.iter().any(|t| now - t < self.window)
+            });
+        }
+        for key in keys {
+            let (fails, until) = state.entry(key.clone()).or_default();
+            fails.retain(|t| now - t < self.window);
+            fails.push(now);
+            if fails.len() >= self.limit {
+                *until = now + self.lockout;
+                fails.clear();
+            }
+        }
+    }
+
+    pub fn succeed(&self, keys: &[String]) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            if let Some((fails, _)) = state.get_mut(key) {
+                fails.clear();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +469,33 @@ mod tests {
         assert_eq!(base64_decode("d29ybTpzZWNyZXQ=").unwrap(), b"worm:secret");
         assert_eq!(base64_decode("d29ybQ==").unwrap(), b"worm");
         assert!(base64_decode("d29y*bQ").is_none());
+    }
+
+    #[test]
+    fn totp_matches_rfc6238_vectors() {
+        // RFC 6238 appendix B, SHA-1 key "12345678901234567890", 8 digits truncated to 6.
+        let key = b"12345678901234567890";
+        assert_eq!(totp_code(key, 59 / 30), 287_082);
+        assert_eq!(totp_code(key, 1_111_111_109 / 30), 81_804);
+        assert_eq!(totp_code(key, 1_234_567_890 / 30), 5_924);
+        let secret = base32_encode(key);
+        assert_eq!(base32_decode(&secret).unwrap(), key);
+        assert!(totp_verify(&secret, "005924", 1_234_567_890_000));
+        assert!(totp_verify(&secret, "005924", 1_234_567_890_000 + 30_000));
+        assert!(!totp_verify(&secret, "005924", 1_234_567_890_000 + 90_000));
+        assert!(!totp_verify(&secret, "5924", 1_234_567_890_000));
+    }
+
+    #[test]
+    fn throttle_locks_out_after_the_limit() {
+        let t = Throttle::new(3, 300_000, 300_000);
+        let keys = vec!["email:a".to_string()];
+        for i in 0..3 {
+            assert!(t.check(&keys, i).is_ok());
+            t.fail(&keys, i);
+        }
+        assert_eq!(t.check(&keys, 10), Err(300));
+        assert!(t.check(&keys, 300_003).is_ok());
     }
 
     #[test]

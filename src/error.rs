@@ -25,6 +25,7 @@ pub enum Error {
     Unauthorized(String),
     Forbidden(String),
     NotFound(String),
+    Conflict(String),
     MethodNotAllowed,
     PayloadTooLarge(String),
     TooManyRequests {
@@ -50,6 +51,7 @@ impl Error {
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
+            Error::Conflict(_) => 409,
             Error::MethodNotAllowed => 405,
             Error::PayloadTooLarge(_) => 413,
             Error::TooManyRequests { .. } => 429,
@@ -65,6 +67,7 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",
+            Error::Conflict(_) => "conflict",
             Error::MethodNotAllowed => "method_not_allowed",
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::TooManyRequests { .. } => "rate_limited",
@@ -80,6 +83,7 @@ impl Error {
             | Error::Unauthorized(m)
             | Error::Forbidden(m)
             | Error::NotFound(m)
+            | Error::Conflict(m)
             | Error::PayloadTooLarge(m)
             | Error::Unavailable(m) => m,
             Error::TooManyRequests { message, .. } => message,

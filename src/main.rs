@@ -12,6 +12,7 @@ mod routes;
 mod server;
 mod viewers;
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 
 use crate::config::Config;
@@ -23,6 +24,10 @@ commands:
   serve                      run the server
   migrate [--check]          bring the database schema up to date (--check: only report)
   check                      verify the database's integrity and schema version
+  user add --email E [--name N] [--admin] [--account A] [--password-file F]
+  user passwd --email E [--password-file F]
+  user disable|enable --email E
+                             manage users (the password also from SESSIOND_USER_PASSWORD or a prompt)
   key create [--service gateway|daemon] [--account NAME] [--name NAME] [--scopes a,b] [--expires-in 30d]
                              create an API key (or a service key) and print it once
   config --dump              print the effective settings (secrets masked)
@@ -76,6 +81,7 @@ fn run(args: &[String]) -> Result<u8, Failure> {
         }
         ("migrate", flags) => migrate(&raw.into_config().map_err(Failure::Usage)?, flags),
         ("check", []) => check(&raw.into_config().map_err(Failure::Usage)?),
+        ("user", words) => user_command(&raw.into_config().map_err(Failure::Usage)?, words),
         ("key", ["create", flags @ ..]) => {
             key_create(&raw.into_config().map_err(Failure::Usage)?, flags)
         }
@@ -158,46 +164,203 @@ fn check(cfg: &Config) -> Result<u8, Failure> {
     })
 }
 
-fn key_create(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
-    let mut service = None;
-    let mut account = db::accounts::PERSONAL_ACCOUNT.to_string();
-    let mut name = String::new();
-    let mut scopes: Option<Vec<String>> = None;
-    let mut expires_in = None;
+/// Parses a subcommand's own flags: `value` flags take an argument, `switches` do not.
+fn sub_flags(
+    flags: &[&str],
+    value: &[&str],
+    switches: &[&str],
+) -> Result<HashMap<String, String>, Failure> {
+    let mut out = HashMap::new();
     let mut it = flags.iter();
     while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .map(|v| v.to_string())
-                .ok_or_else(|| Failure::Usage(format!("{flag} needs a value")))
-        };
-        match *flag {
-            "--service" => service = Some(value()?),
-            "--account" => account = value()?,
-            "--name" => name = value()?,
-            "--scopes" => {
-                scopes = Some(
-                    value()?
-                        .split(',')
-                        .map(|s| s.trim().to_string())
-                        .filter(|s| !s.is_empty())
-                        .collect(),
-                )
-            }
-            "--expires-in" => {
-                let v = value()?;
-                expires_in =
-                    Some(parse_duration(&v).filter(|&ms| ms > 0).ok_or_else(|| {
-                        Failure::Usage(format!("--expires-in: bad duration {v:?}"))
-                    })?);
-            }
-            other => {
-                return Err(Failure::Usage(format!(
-                    "unknown flag for key create: {other}"
-                )));
-            }
+        if switches.contains(flag) {
+            out.insert(flag.to_string(), String::new());
+        } else if value.contains(flag) {
+            let v = it
+                .next()
+                .ok_or_else(|| Failure::Usage(format!("{flag} needs a value")))?;
+            out.insert(flag.to_string(), v.to_string());
+        } else {
+            return Err(Failure::Usage(format!("unknown flag {flag}")));
         }
     }
+    Ok(out)
+}
+
+/// Opens the store for an administrative command: migrated, bootstrapped, with its writer thread.
+fn open_store(cfg: &Config) -> Result<(db::Writer, db::Reader), Failure> {
+    let mut conn = db::open(&cfg.db, db::Access::ReadWrite, cfg.synchronous_full)?;
+    db::migrate::migrate(&mut conn)?;
+    db::accounts::bootstrap(
+        &mut conn,
+        &cfg.admin_email,
+        cfg.admin_password.as_deref(),
+        now_ms(),
+    )?;
+    Ok((db::Writer::start(conn), db::Reader::open(&cfg.db)?))
+}
+
+fn cli_actor() -> domain::Actor {
+    domain::Actor {
+        kind: domain::ActorType::System,
+        id: Some("cli".into()),
+        email: None,
+        ip: None,
+    }
+}
+
+/// A new password: from `--password-file`, `SESSIOND_USER_PASSWORD`, or typed twice at a prompt.
+fn read_new_password(flags: &HashMap<String, String>) -> Result<String, Failure> {
+    let password = if let Some(path) = flags.get("--password-file") {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::Runtime(format!("cannot read {path}: {e}")))?;
+        text.trim_end_matches(['\n', '\r']).to_string()
+    } else if let Ok(p) = std::env::var("SESSIOND_USER_PASSWORD") {
+        p
+    } else {
+        let first = prompt_hidden("New password: ")?;
+        if prompt_hidden("Again: ")? != first {
+            return Err(Failure::Runtime("the passwords differ".into()));
+        }
+        first
+    };
+    api::workspace::validate_password(&password)
+        .map_err(|e| Failure::Usage(e.public_message().to_string()))?;
+    Ok(password)
+}
+
+/// Reads a line from the terminal without echoing it.
+fn prompt_hidden(prompt: &str) -> Result<String, Failure> {
+    use std::io::{BufRead, Write};
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed termios we own; restored below.
+    let saved = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(0, &mut t) == 0 {
+            let saved = t;
+            t.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(0, libc::TCSANOW, &t);
+            Some(saved)
+        } else {
+            None
+        }
+    };
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    if let Some(t) = saved {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        eprintln!();
+    }
+    read.map_err(|e| Failure::Runtime(format!("cannot read the password: {e}")))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn user_command(cfg: &Config, words: &[&str]) -> Result<u8, Failure> {
+    let (action, flags) = words
+        .split_first()
+        .ok_or_else(|| Failure::Usage("user needs add, passwd or disable".into()))?;
+    let flags = match *action {
+        "add" => sub_flags(
+            flags,
+            &["--email", "--name", "--account", "--password-file"],
+            &["--admin"],
+        )?,
+        "passwd" => sub_flags(flags, &["--email", "--password-file"], &[])?,
+        "disable" | "enable" => sub_flags(flags, &["--email"], &[])?,
+        other => return Err(Failure::Usage(format!("unknown user action {other:?}"))),
+    };
+    let email = flags
+        .get("--email")
+        .ok_or_else(|| Failure::Usage("--email is required".into()))?
+        .clone();
+    api::workspace::validate_email(&email)
+        .map_err(|e| Failure::Usage(e.public_message().to_string()))?;
+    let password = match *action {
+        "add" | "passwd" => Some(read_new_password(&flags)?),
+        _ => None,
+    };
+    let (writer, reader) = open_store(cfg)?;
+    let now = now_ms();
+    let actor = cli_actor();
+    let result = match *action {
+        "add" => {
+            let account_name = flags
+                .get("--account")
+                .cloned()
+                .unwrap_or_else(|| db::accounts::PERSONAL_ACCOUNT.to_string());
+            let account_id = reader
+                .account_id_by_name(&account_name)?
+                .ok_or_else(|| Failure::Runtime(format!("no account named {account_name:?}")))?;
+            let role = if flags.contains_key("--admin") {
+                domain::workspace::Role::Admin
+            } else {
+                domain::workspace::Role::Member
+            };
+            let name = flags.get("--name").cloned().unwrap_or_default();
+            let hash = auth::hash_password(&password.unwrap_or_default());
+            writer.exec(move |tx| {
+                let new = db::users::NewUser {
+                    email: &email,
+                    name: &name,
+                    password_hash: hash,
+                    account_id,
+                    role,
+                };
+                let (_, uid) = db::users::insert_user(tx, &new, now)?;
+                let entry =
+                    domain::AuditEntry::new(Some(account_id), &actor, "user.created", "user", &uid)
+                        .summary(format!("user {email} added as {}", role.as_str()));
+                db::audit::record(tx, &entry, now)?;
+                Ok(format!(
+                    "added {email} ({uid}) to {account_name} as {}",
+                    role.neosc()
+                ))
+            })
+        }
+        _ => {
+            let action = action.to_string();
+            let hash = password.map(|p| auth::hash_password(&p));
+            writer.exec(move |tx| {
+                let user = db::users::user_by_email_tx(tx, &email)?
+                    .ok_or_else(|| error::Error::NotFound(format!("no user with email {email}")))?;
+                match action.as_str() {
+                    "passwd" => {
+                        db::users::set_password(tx, user.id, hash.as_deref().unwrap_or_default())?
+                    }
+                    "disable" => db::users::set_disabled(tx, user.id, true, now)?,
+                    _ => db::users::set_disabled(tx, user.id, false, now)?,
+                }
+                let entry = domain::AuditEntry::new(
+                    None,
+                    &actor,
+                    &format!("user.{action}"),
+                    "user",
+                    &user.uid,
+                );
+                db::audit::record(tx, &entry, now)?;
+                Ok(format!("{action}: {email} done"))
+            })
+        }
+    };
+    writer.shutdown(std::time::Duration::from_secs(10));
+    println!("{}", result?);
+    Ok(0)
+}
+
+fn key_create(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
+    let flags = sub_flags(
+        flags,
+        &[
+            "--service",
+            "--account",
+            "--name",
+            "--scopes",
+            "--expires-in",
+        ],
+        &[],
+    )?;
     const KEY_SCOPES: &[&str] = &[
         "sessions.read",
         "sessions.write",
@@ -206,6 +369,12 @@ fn key_create(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
         "audit.read",
         "keys.write",
     ];
+    let scopes: Option<Vec<String>> = flags.get("--scopes").map(|v| {
+        v.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
     if let Some(bad) = scopes
         .iter()
         .flatten()
@@ -216,21 +385,27 @@ fn key_create(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
             KEY_SCOPES.join(", ")
         )));
     }
-    if let Some(role) = &service {
-        if role != "gateway" && role != "daemon" {
-            return Err(Failure::Usage("--service takes gateway or daemon".into()));
-        }
+    let service = flags.get("--service").cloned();
+    if service
+        .as_deref()
+        .is_some_and(|r| r != "gateway" && r != "daemon")
+    {
+        return Err(Failure::Usage("--service takes gateway or daemon".into()));
     }
-    let mut conn = db::open(&cfg.db, db::Access::ReadWrite, cfg.synchronous_full)?;
-    db::migrate::migrate(&mut conn)?;
-    db::accounts::bootstrap(
-        &mut conn,
-        &cfg.admin_email,
-        cfg.admin_password.as_deref(),
-        now_ms(),
-    )?;
-    let writer = db::Writer::start(conn);
-    let reader = db::Reader::open(&cfg.db)?;
+    let expires_in = match flags.get("--expires-in") {
+        None => None,
+        Some(v) => Some(
+            parse_duration(v)
+                .filter(|&ms| ms > 0)
+                .ok_or_else(|| Failure::Usage(format!("--expires-in: bad duration {v:?}")))?,
+        ),
+    };
+    let account = flags
+        .get("--account")
+        .cloned()
+        .unwrap_or_else(|| db::accounts::PERSONAL_ACCOUNT.to_string());
+    let name = flags.get("--name").cloned().unwrap_or_default();
+    let (writer, reader) = open_store(cfg)?;
     let account_id = reader
         .account_id_by_name(&account)?
         .ok_or_else(|| Failure::Runtime(format!("no account named {account:?}")))?;
@@ -248,12 +423,7 @@ fn key_create(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
     };
     let now = now_ms();
     let stored = token.clone();
-    let actor = domain::Actor {
-        kind: domain::ActorType::System,
-        id: Some("cli".into()),
-        email: None,
-        ip: None,
-    };
+    let actor = cli_actor();
     let uid = writer.exec(move |tx| {
         let key = db::accounts::NewKey {
             token: &stored,
@@ -266,9 +436,9 @@ fn key_create(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
             expires_at: expires_in.map(|ms| now + ms),
         };
         db::accounts::insert_key(tx, &key, &actor, now)
-    })?;
+    });
     writer.shutdown(std::time::Duration::from_secs(10));
-    eprintln!("created key {uid}; it is shown once:");
+    eprintln!("created key {}; it is shown once:", uid?);
     println!("{token}");
     Ok(0)
 }

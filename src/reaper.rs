@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::db::{Reader, Writer, audit, shares};
+use crate::db::{Reader, Writer, audit, shares, users, workspaces};
 use crate::domain::time::{Millis, now_ms};
+use crate::domain::workspace::TERMINATED;
 use crate::domain::{Actor, AuditEntry};
 use crate::error::Result;
 use crate::server::App;
@@ -96,30 +97,28 @@ pub fn flush_viewers(viewers: &Viewers, writer: &Writer) {
     }
 }
 
-/// One pass over everything time can end.
+/// One pass over everything time can end, each kind of work in bounded batches.
 pub fn sweep(app: &App, reader: &Reader, now: Millis) -> Result<()> {
-    for _ in 0..MAX_BATCHES_PER_TICK {
-        if expire_shares(app, reader, now)? < BATCH {
-            break;
-        }
-    }
-    for _ in 0..MAX_BATCHES_PER_TICK {
-        if age_out_viewers(app, reader, now)? < BATCH {
-            break;
-        }
-    }
-    for _ in 0..MAX_BATCHES_PER_TICK {
-        if app
-            .writer
-            .exec(move |tx| shares::delete_expired_tokens(tx, now, BATCH))?
-            < BATCH
-        {
-            break;
-        }
-    }
+    drain(|| expire_shares(app, reader, now))?;
+    drain(|| end_due_sessions(app, reader, now))?;
+    drain(|| end_idle_sessions(app, reader, now))?;
+    drain(|| age_out_viewers(app, reader, now))?;
+    drain(|| {
+        app.writer
+            .exec(move |tx| shares::delete_expired_tokens(tx, now, BATCH))
+    })?;
+    drain(|| {
+        app.writer
+            .exec(move |tx| users::delete_dead_login_tokens(tx, now, BATCH))
+    })?;
     let cutoff = now - app.cfg.audit_retention;
+    drain(|| app.writer.exec(move |tx| audit::prune(tx, cutoff, BATCH)))
+}
+
+/// Repeats one batch of work until a batch comes back short, at most `MAX_BATCHES_PER_TICK` times.
+fn drain(mut batch: impl FnMut() -> Result<usize>) -> Result<()> {
     for _ in 0..MAX_BATCHES_PER_TICK {
-        if app.writer.exec(move |tx| audit::prune(tx, cutoff, BATCH))? < BATCH {
+        if batch()? < BATCH {
             break;
         }
     }
@@ -151,6 +150,55 @@ fn expire_shares(app: &App, reader: &Reader, now: Millis) -> Result<usize> {
         Ok(())
     })?;
     Ok(count)
+}
+
+/// Ends workspace and runtime sessions past their stored expiry (`max_session_duration`, TTL).
+fn end_due_sessions(app: &App, reader: &Reader, now: Millis) -> Result<usize> {
+    let due = reader.sessions_due(now, BATCH)?;
+    let count = due.len();
+    if count > 0 {
+        app.writer
+            .exec(move |tx| end_sessions(tx, &due, "expired", now))?;
+    }
+    Ok(count)
+}
+
+/// Ends workspace sessions whose workspace's `idle_timeout` passed without a heartbeat.
+fn end_idle_sessions(app: &App, reader: &Reader, now: Millis) -> Result<usize> {
+    let idle: Vec<(i64, String, i64, String)> = reader
+        .idle_workspace_sessions(now, BATCH)?
+        .into_iter()
+        .map(|(row, uid, account)| (row, uid, account, "workspace".to_string()))
+        .collect();
+    let count = idle.len();
+    if count > 0 {
+        app.writer
+            .exec(move |tx| end_sessions(tx, &idle, "idle", now))?;
+    }
+    Ok(count)
+}
+
+fn end_sessions(
+    tx: &crate::db::Tx,
+    sessions: &[(i64, String, i64, String)],
+    reason: &str,
+    now: Millis,
+) -> Result<()> {
+    for (row, uid, account, _dialect) in sessions {
+        if workspaces::end_session(tx, *row, TERMINATED, reason, now)? {
+            let entry = AuditEntry::new(
+                Some(*account),
+                &Actor::system(),
+                &format!("session.{reason}"),
+                "session",
+                uid,
+            )
+            .summary(format!("session ended by the reaper ({reason})"))
+            .metadata(json!({ "end_reason": reason }));
+            audit::record(tx, &entry, now)?;
+        }
+    }
+    Ok(())
 }
 
 /// Removes viewers idle longer than `viewer_idle_timeout`, one audit row per session.

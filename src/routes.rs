@@ -4,7 +4,7 @@
 //! envelope) and the handler. Nothing else routes: no middleware, no registration at a distance.
 
 use crate::api::share::Via;
-use crate::api::{ops, share};
+use crate::api::{ops, share, workspace as ws};
 use crate::error::{Dialect, Error, Result};
 use crate::server::{Ctx, Req, Resp};
 
@@ -15,7 +15,7 @@ fn lookup<'a>(
     method: &str,
     segments: &'a [&'a str],
 ) -> Option<(&'static str, Dialect, Handler<'a>)> {
-    use Dialect::{Runtime, Share};
+    use Dialect::{Runtime, Share, Workspace};
     let route: (&'static str, Dialect, Handler<'a>) = match (method, segments) {
         // Operations
         ("GET", ["healthz"]) => ("/healthz", Runtime, Box::new(ops::healthz)),
@@ -63,6 +63,86 @@ fn lookup<'a>(
             Share,
             Box::new(move |c, r| share::internal_get_by_slug(c, r, slug)),
         ),
+
+        // Workspace sessions (NeoSC)
+        ("POST", ["api", "auth", "login"]) => ("/api/auth/login", Workspace, Box::new(ws::login)),
+        ("POST", ["api", "auth", "logout"]) => {
+            ("/api/auth/logout", Workspace, Box::new(ws::logout))
+        }
+        ("GET", ["api", "auth", "me"]) => ("/api/auth/me", Workspace, Box::new(ws::me)),
+        ("POST", ["api", "auth", "register"]) => {
+            ("/api/auth/register", Workspace, Box::new(ws::register))
+        }
+        ("POST", ["api", "auth", "mfa", "setup"]) => {
+            ("/api/auth/mfa/setup", Workspace, Box::new(ws::mfa_setup))
+        }
+        ("POST", ["api", "auth", "mfa", "verify"]) => {
+            ("/api/auth/mfa/verify", Workspace, Box::new(ws::mfa_verify))
+        }
+        ("GET", ["api", "workspaces"]) => {
+            ("/api/workspaces", Workspace, Box::new(ws::list_workspaces))
+        }
+        ("POST", ["api", "workspaces"]) => {
+            ("/api/workspaces", Workspace, Box::new(ws::create_workspace))
+        }
+        ("PUT", ["api", "workspaces", id]) => (
+            "/api/workspaces/{id}",
+            Workspace,
+            Box::new(move |c, r| ws::update_workspace(c, r, id)),
+        ),
+        ("DELETE", ["api", "workspaces", id]) => (
+            "/api/workspaces/{id}",
+            Workspace,
+            Box::new(move |c, r| ws::delete_workspace(c, r, id)),
+        ),
+        ("POST", ["api", "workspaces", id, "launch"]) => (
+            "/api/workspaces/{id}/launch",
+            Workspace,
+            Box::new(move |c, r| ws::launch(c, r, id)),
+        ),
+        ("POST", ["api", "workspaces", id, "stop"]) => (
+            "/api/workspaces/{id}/stop",
+            Workspace,
+            Box::new(move |c, r| ws::stop(c, r, id)),
+        ),
+        ("GET", ["api", "sessions"]) => ("/api/sessions", Workspace, Box::new(ws::list_sessions)),
+        ("GET", ["api", "sessions", "active"]) => (
+            "/api/sessions/active",
+            Workspace,
+            Box::new(ws::active_sessions),
+        ),
+        ("GET", ["api", "sessions", id]) => (
+            "/api/sessions/{id}",
+            Workspace,
+            Box::new(move |c, r| ws::get_session(c, r, id)),
+        ),
+        ("POST", ["api", "sessions", id, "disconnect"]) => (
+            "/api/sessions/{id}/disconnect",
+            Workspace,
+            Box::new(move |c, r| ws::disconnect(c, r, id)),
+        ),
+        ("POST", ["api", "sessions", id, "action"]) => (
+            "/api/sessions/{id}/action",
+            Workspace,
+            Box::new(move |c, r| ws::action(c, r, id)),
+        ),
+        ("POST", ["api", "sessions", id, "heartbeat"]) => (
+            "/api/sessions/{id}/heartbeat",
+            Workspace,
+            Box::new(move |c, r| ws::heartbeat(c, r, id)),
+        ),
+        ("GET", ["api", "admin", "sessions"]) => (
+            "/api/admin/sessions",
+            Workspace,
+            Box::new(ws::admin_sessions),
+        ),
+        ("POST", ["api", "admin", "sessions", id, "action"]) => (
+            "/api/admin/sessions/{id}/action",
+            Workspace,
+            Box::new(move |c, r| ws::admin_action(c, r, id)),
+        ),
+        ("GET", ["api", "audit-logs"]) => ("/api/audit-logs", Workspace, Box::new(ws::audit_logs)),
+        ("GET", ["api", "stats"]) => ("/api/stats", Workspace, Box::new(ws::stats)),
         _ => return None,
     };
     Some(route)

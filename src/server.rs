@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::auth::RateLimiter;
+use crate::auth::{RateLimiter, Throttle};
 use crate::config::Config;
 use crate::db::{self, Reader, Writer};
 use crate::domain::time::{Millis, now_ms};
@@ -30,6 +30,8 @@ pub struct App {
     pub writer: Writer,
     pub viewers: Viewers,
     pub anonymous_shares: RateLimiter,
+    /// Failed sign-ins per email and per IP (SPEC §2: 5 in 5 minutes locks out for 5 minutes).
+    pub login_throttle: Throttle,
     /// Set when shutdown begins: workers finish their request and stop taking new ones.
     pub stopping: AtomicBool,
     request_seq: AtomicU64,
@@ -56,6 +58,8 @@ pub struct Req {
     pub path: String,
     /// The path's segments, percent-decoded.
     pub segments: Vec<String>,
+    /// Query parameters, percent-decoded, in order.
+    pub query: Vec<(String, String)>,
     /// Header names in lower case.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -78,6 +82,13 @@ impl Req {
         let (scheme, token) = value.split_once(' ')?;
         let token = token.trim();
         (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    }
+
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn client_ip_string(&self) -> Option<String> {
@@ -146,6 +157,7 @@ pub fn serve(cfg: Config) -> Result<i32> {
     let app = Arc::new(App {
         viewers: Viewers::new(cfg.viewer_idle_timeout),
         anonymous_shares: RateLimiter::new(cfg.anonymous_share_rate, 60_000),
+        login_throttle: Throttle::new(5, 300_000, 300_000),
         writer,
         stopping: AtomicBool::new(false),
         request_seq: AtomicU64::new(0),
@@ -251,11 +263,12 @@ fn handle(app: &App, db: &Reader, mut request: tiny_http::Request) {
     let (route, resp) = match read_body(&mut request, app.cfg.max_body) {
         Err(e) => ("-", e.into_resp(dialect)),
         Ok(body) => match (decode_segments(path), parse_query(query_string)) {
-            (Some(segments), Some(_query)) => {
+            (Some(segments), Some(query)) => {
                 let req = Req {
                     method: method.clone(),
                     path: path.to_string(),
                     segments,
+                    query,
                     headers,
                     body,
                     client_ip,

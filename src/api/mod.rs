@@ -6,11 +6,14 @@
 
 pub mod ops;
 pub mod share;
+pub mod workspace;
 
 use serde_json::{Map, Value};
 
 use crate::auth;
 use crate::db::accounts::{Credential, CredentialKind};
+use crate::db::users::{self, User};
+use crate::domain::workspace::Role;
 use crate::domain::{Actor, ActorType};
 use crate::error::{Error, Result};
 use crate::server::{Ctx, Req};
@@ -180,6 +183,116 @@ pub fn gateway(ctx: &Ctx, req: &Req) -> Result<Option<Actor>> {
             email: None,
             ip,
         }))
+}
+
+/// A signed-in caller of the account-scoped dialects: a login token, or an API key.
+pub struct Principal {
+    pub credential: Credential,
+    pub account_id: i64,
+    pub account_name: String,
+    pub role: Role,
+    /// The user behind the credential; `None` for an account-level API key.
+    pub user: Option<User>,
+}
+
+impl Principal {
+    pub fn actor(&self, req: &Req) -> Actor {
+        let ip = req.client_ip_string();
+        match &self.user {
+            Some(u) => Actor {
+                kind: ActorType::User,
+                id: Some(u.uid.clone()),
+                email: Some(u.email.clone()),
+                ip,
+            },
+            None => Actor {
+                kind: ActorType::ApiKey,
+                id: Some(self.credential.uid.clone()),
+                email: None,
+                ip,
+            },
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.role.is_admin()
+    }
+
+    /// API keys carry scopes; login tokens may do whatever their user may.
+    pub fn require_scope(&self, scope: &str) -> Result<()> {
+        if self.credential.kind == CredentialKind::ApiKey && !self.credential.has_scope(scope) {
+            return Err(Error::Forbidden(format!(
+                "This key lacks the {scope} scope"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How long a credential's `last_used_at` may lag (it is written at most this often).
+const TOUCH_EVERY: i64 = 60_000;
+
+/// Resolves `Authorization: Bearer` to a login token or an API key of an account. `account` picks
+/// one of the user's accounts by name (default: the credential's).
+pub fn principal(ctx: &Ctx, req: &Req, account: Option<&str>) -> Result<Principal> {
+    let token = req
+        .bearer()
+        .ok_or_else(|| Error::Unauthorized("Not authenticated".into()))?;
+    let invalid = || Error::Unauthorized("Invalid token".into());
+    let cred = credential(ctx, token, &[CredentialKind::Login, CredentialKind::ApiKey])?
+        .ok_or_else(invalid)?;
+    let user = match cred.user_id {
+        Some(id) => Some(
+            ctx.db
+                .user_by_id(id)?
+                .filter(|u| !u.disabled)
+                .ok_or_else(invalid)?,
+        ),
+        None => None,
+    };
+    let wanted = match account {
+        Some(name) => Some(
+            ctx.db
+                .account_id_by_name(name)?
+                .ok_or_else(|| Error::Forbidden(format!("Not a member of {name}")))?,
+        ),
+        None => cred.account_id,
+    };
+    let (account_id, account_name, role) = match &user {
+        Some(u) => {
+            let m = ctx
+                .db
+                .membership(u.id, wanted)?
+                .ok_or_else(|| match account {
+                    Some(name) => Error::Forbidden(format!("Not a member of {name}")),
+                    None => invalid(),
+                })?;
+            (m.account_id, m.account_name, m.role)
+        }
+        None => {
+            let own = cred.account_id.ok_or_else(invalid)?;
+            if wanted != Some(own) {
+                return Err(Error::Forbidden(format!(
+                    "Not a member of {}",
+                    account.unwrap_or("")
+                )));
+            }
+            (own, ctx.db.account_name(own)?, Role::Admin)
+        }
+    };
+    if cred.last_used_at.is_none_or(|t| ctx.now - t > TOUCH_EVERY) {
+        let (id, now) = (cred.id, ctx.now);
+        ctx.app
+            .writer
+            .exec(move |tx| users::touch_credential(tx, id, now))?;
+    }
+    Ok(Principal {
+        credential: cred,
+        account_id,
+        account_name,
+        role,
+        user,
+    })
 }
 
 #[cfg(test)]

@@ -23,11 +23,15 @@ pub enum CredentialKind {
 /// A credential found by the hash of what a caller presented.
 #[derive(Clone, Debug)]
 pub struct Credential {
+    pub id: i64,
     pub uid: String,
     pub kind: CredentialKind,
     pub account_id: Option<i64>,
+    pub user_id: Option<i64>,
     pub scopes: Vec<String>,
     pub service_role: Option<String>,
+    pub mfa_verified: bool,
+    pub last_used_at: Option<Millis>,
     pub expires_at: Option<Millis>,
     pub idle_expires_at: Option<Millis>,
     pub revoked: bool,
@@ -51,13 +55,17 @@ impl Reader {
             .conn
             .prepare_cached(
                 "SELECT uid, kind, account_id, scopes, service_role, expires_at, idle_expires_at,
-                        revoked_at IS NOT NULL
+                        revoked_at IS NOT NULL, id, user_id, mfa_verified, last_used_at
                  FROM credentials WHERE token_hash = ?1",
             )?
             .query_row([hash], |r| {
                 let kind: String = r.get(1)?;
                 let scopes: String = r.get(3)?;
                 Ok(Credential {
+                    id: r.get(8)?,
+                    user_id: r.get(9)?,
+                    mfa_verified: r.get(10)?,
+                    last_used_at: r.get(11)?,
                     uid: r.get(0)?,
                     kind: match kind.as_str() {
                         "login" => CredentialKind::Login,
@@ -144,10 +152,15 @@ pub fn bootstrap(
         (ANONYMOUS_ACCOUNT, "system"),
         (PERSONAL_ACCOUNT, "personal"),
     ] {
-        tx.prepare_cached(
-            "INSERT INTO accounts (uid, name, kind, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO NOTHING",
-        )?
-        .execute(params![auth::uuid_v4(), name, kind, now])?;
+        let created = tx
+            .prepare_cached(
+                "INSERT INTO accounts (uid, name, kind, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO NOTHING",
+            )?
+            .execute(params![auth::uuid_v4(), name, kind, now])?;
+        // A new account starts with the default workspace catalogue.
+        if created > 0 && kind != "system" {
+            super::workspaces::seed_catalogue(&Tx { conn: &tx }, tx.last_insert_rowid(), now)?;
+        }
     }
     let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
     let mut generated = None;

@@ -8,6 +8,8 @@ pub mod accounts;
 pub mod audit;
 pub mod migrate;
 pub mod shares;
+pub mod users;
+pub mod workspaces;
 pub mod writer;
 
 use std::path::Path;

@@ -3,10 +3,12 @@
 pub mod share;
 pub mod time;
 pub mod words;
+pub mod workspace;
 
 /// Who did something, as the audit table records it (SPEC §7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActorType {
+    User,
     ApiKey,
     OwnerToken,
     Service,
@@ -16,6 +18,7 @@ pub enum ActorType {
 impl ActorType {
     pub fn as_str(self) -> &'static str {
         match self {
+            ActorType::User => "user",
             ActorType::ApiKey => "api_key",
             ActorType::OwnerToken => "owner_token",
             ActorType::Service => "service",
