@@ -191,12 +191,8 @@ fn sub_flags(
 fn open_store(cfg: &Config) -> Result<(db::Writer, db::Reader), Failure> {
     let mut conn = db::open(&cfg.db, db::Access::ReadWrite, cfg.synchronous_full)?;
     db::migrate::migrate(&mut conn)?;
-    db::accounts::bootstrap(
-        &mut conn,
-        &cfg.admin_email,
-        cfg.admin_password.as_deref(),
-        now_ms(),
-    )?;
+    // The admin is made (and its password shown) by `serve` only.
+    db::accounts::bootstrap(&mut conn, None, now_ms())?;
     Ok((db::Writer::start(conn), db::Reader::open(&cfg.db)?))
 }
 

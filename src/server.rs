@@ -126,12 +126,11 @@ pub fn serve(cfg: Config) -> Result<i32> {
     raise_file_limit();
     let mut conn = db::open(&cfg.db, db::Access::ReadWrite, cfg.synchronous_full)?;
     db::migrate::migrate(&mut conn)?;
-    let generated = db::accounts::bootstrap(
-        &mut conn,
-        &cfg.admin_email,
-        cfg.admin_password.as_deref(),
-        now_ms(),
-    )?;
+    let admin = db::accounts::Admin {
+        email: &cfg.admin_email,
+        password: cfg.admin_password.as_deref(),
+    };
+    let generated = db::accounts::bootstrap(&mut conn, Some(admin), now_ms())?;
     if let Some(password) = generated {
         // Printed once, to stderr, never logged: the operator's only chance to read it.
         eprintln!(

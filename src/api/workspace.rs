@@ -279,11 +279,21 @@ pub fn login(ctx: &Ctx, req: &Req) -> Result<Resp> {
         });
         audit::record(tx, &entry, now)
     })?;
-    ok(json!({
-        "access_token": token,
-        "token_type": "bearer",
-        "user": user_view(&user, &membership.account_name, membership.role),
-    }))
+    Ok(Resp::json(
+        200,
+        &TokenView {
+            access_token: token,
+            token_type: "bearer",
+            user: user_view(&user, &membership.account_name, membership.role),
+        },
+    ))
+}
+
+#[derive(Serialize)]
+struct TokenView<'a> {
+    access_token: String,
+    token_type: &'static str,
+    user: UserView<'a>,
 }
 
 fn audit_login(
@@ -347,11 +357,7 @@ pub fn logout(ctx: &Ctx, req: &Req) -> Result<Resp> {
 pub fn me(ctx: &Ctx, req: &Req) -> Result<Resp> {
     let p = principal(ctx, req, None)?;
     let user = require_user(&p)?;
-    ok(serde_json::to_value(user_view(
-        user,
-        &p.account_name,
-        p.role,
-    ))?)
+    Ok(Resp::json(200, &user_view(user, &p.account_name, p.role)))
 }
 
 /// `POST /api/auth/register` — admins only (upstream left it open).
@@ -399,11 +405,22 @@ pub fn register(ctx: &Ctx, req: &Req) -> Result<Resp> {
         audit::record(tx, &entry, now)?;
         Ok(uid)
     })?;
-    ok(json!({
-        "access_token": token,
-        "token_type": "bearer",
-        "user": { "id": uid, "email": email, "name": name, "organization": p.account_name, "role": role.neosc(), "mfa_enabled": false },
-    }))
+    let user = UserView {
+        id: &uid,
+        email: &email,
+        name: &name,
+        organization: &p.account_name,
+        role: role.neosc(),
+        mfa_enabled: false,
+    };
+    Ok(Resp::json(
+        200,
+        &TokenView {
+            access_token: token,
+            token_type: "bearer",
+            user,
+        },
+    ))
 }
 
 pub fn validate_email(email: &str) -> Result<()> {
@@ -500,9 +517,10 @@ pub fn list_workspaces(ctx: &Ctx, req: &Req) -> Result<Resp> {
     let p = principal(ctx, req, None)?;
     p.require_scope("workspaces.read")?;
     let list = ctx.db.workspaces(p.account_id)?;
-    ok(serde_json::to_value(
-        list.iter().map(workspace_view).collect::<Vec<_>>(),
-    )?)
+    Ok(Resp::json(
+        200,
+        &list.iter().map(workspace_view).collect::<Vec<_>>(),
+    ))
 }
 
 /// Applies the fields present in `body` to `w`; on creation `name` and `type` are required.
@@ -658,7 +676,7 @@ pub fn update_workspace(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
         .metadata(json!({ "fields": changed }));
         audit::record(tx, &entry, now)
     })?;
-    ok(serde_json::to_value(workspace_view(&w))?)
+    Ok(Resp::json(200, &workspace_view(&w)))
 }
 
 /// `DELETE /api/workspaces/{id}` (admin; 409 while it has active sessions)
@@ -724,24 +742,49 @@ pub fn launch(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
         .url
         .clone()
         .unwrap_or_else(|| format!("{}/viewer/{session_id}", ctx.cfg().public_base_url));
-    ok(json!({
-        "session_id": session_id,
-        "workspace": workspace_view(&w),
-        "connection_url": connection_url,
-        "launch_mode": w.launch_mode,
-        "clientless": w.clientless,
-        "requires_netbird": w.requires_netbird,
-        "connection_type": w.connection_type,
-        "stream_url": if iframe { Some(format!("/viewer/{session_id}")) } else { None },
-        "tunnel_status": tunnel_status(w.requires_netbird, true),
-        "security": {
-            "mfa_enforced": user.totp_secret.is_some(),
-            "mfa_verified": p.credential.mfa_verified,
-            "session_recording": false,
-            "max_session_duration": w.max_session_duration,
-            "idle_timeout": w.idle_timeout,
+    let view = LaunchView {
+        stream_url: iframe.then(|| format!("/viewer/{session_id}")),
+        session_id: &session_id,
+        workspace: workspace_view(&w),
+        connection_url,
+        launch_mode: &w.launch_mode,
+        clientless: w.clientless,
+        requires_netbird: w.requires_netbird,
+        connection_type: &w.connection_type,
+        tunnel_status: tunnel_status(w.requires_netbird, true),
+        security: SecurityView {
+            mfa_enforced: user.totp_secret.is_some(),
+            mfa_verified: p.credential.mfa_verified,
+            session_recording: false,
+            max_session_duration: w.max_session_duration,
+            idle_timeout: w.idle_timeout,
         },
-    }))
+    };
+    Ok(Resp::json(200, &view))
+}
+
+#[derive(Serialize)]
+struct LaunchView<'a> {
+    session_id: &'a str,
+    workspace: WorkspaceView<'a>,
+    connection_url: String,
+    launch_mode: &'a str,
+    clientless: bool,
+    requires_netbird: bool,
+    connection_type: &'a Option<String>,
+    stream_url: Option<String>,
+    tunnel_status: &'static str,
+    security: SecurityView,
+}
+
+/// What the launch reports about protections, from real state (MFA of this sign-in, limits).
+#[derive(Serialize)]
+struct SecurityView {
+    mfa_enforced: bool,
+    mfa_verified: bool,
+    session_recording: bool,
+    max_session_duration: Option<i64>,
+    idle_timeout: Option<i64>,
 }
 
 /// `POST /api/workspaces/{id}/stop` — ends the caller's active sessions on it (404 when unknown).
@@ -796,9 +839,10 @@ fn own_sessions(ctx: &Ctx, req: &Req, status: Option<&str>) -> Result<Resp> {
         ..SessionFilter::default()
     };
     let list = ctx.db.workspace_sessions(&filter)?;
-    ok(serde_json::to_value(
-        list.iter().map(session_view).collect::<Vec<_>>(),
-    )?)
+    Ok(Resp::json(
+        200,
+        &list.iter().map(session_view).collect::<Vec<_>>(),
+    ))
 }
 
 /// `GET /api/sessions` — the caller's sessions, any status, newest first.
@@ -828,7 +872,7 @@ pub fn get_session(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
     let p = principal(ctx, req, None)?;
     p.require_scope("sessions.read")?;
     let s = own_session(ctx, &p, id)?;
-    ok(serde_json::to_value(session_view(&s))?)
+    Ok(Resp::json(200, &session_view(&s)))
 }
 
 /// Applies an action to a session inside the writer; a session that is not active is a 409.

@@ -139,12 +139,18 @@ pub fn insert_key(tx: &Tx, key: &NewKey, actor: &Actor, now: Millis) -> Result<S
     Ok(uid)
 }
 
-/// Creates the built-in accounts and, on an empty database, the admin user. Returns the generated
-/// admin password when one had to be made up (the caller prints it once).
+/// The administrator `serve` makes sure of.
+pub struct Admin<'a> {
+    pub email: &'a str,
+    pub password: Option<&'a str>,
+}
+
+/// Creates the built-in accounts (with the default catalogue) and, when `admin` is given and the
+/// personal account has no owner or admin yet, that administrator. Returns the generated admin
+/// password when one had to be made up (the caller prints it once).
 pub fn bootstrap(
     conn: &mut Connection,
-    admin_email: &str,
-    admin_password: Option<&str>,
+    admin: Option<Admin>,
     now: Millis,
 ) -> Result<Option<String>> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -162,10 +168,32 @@ pub fn bootstrap(
             super::workspaces::seed_catalogue(&Tx { conn: &tx }, tx.last_insert_rowid(), now)?;
         }
     }
-    let users: i64 = tx.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+    let account_id: i64 = tx.query_row(
+        "SELECT id FROM accounts WHERE name = ?1",
+        [PERSONAL_ACCOUNT],
+        |r| r.get(0),
+    )?;
+    let admins: i64 = tx.query_row(
+        "SELECT count(*) FROM memberships WHERE account_id = ?1 AND role IN ('owner', 'admin')",
+        [account_id],
+        |r| r.get(0),
+    )?;
     let mut generated = None;
-    if users == 0 {
-        let password = match admin_password {
+    if let (Some(admin), 0) = (admin, admins) {
+        let taken: i64 = tx.query_row(
+            "SELECT count(*) FROM users WHERE email = ?1",
+            [admin.email],
+            |r| r.get(0),
+        )?;
+        if taken > 0 {
+            log::warn!(
+                "the personal account has no administrator and {} is taken by another user",
+                admin.email
+            );
+            tx.commit()?;
+            return Ok(None);
+        }
+        let password = match admin.password {
             Some(p) => p.to_string(),
             None => {
                 let p = auth::random_alnum(20);
@@ -177,17 +205,10 @@ pub fn bootstrap(
         tx.prepare_cached(
             "INSERT INTO users (uid, email, name, password_hash, created_at) VALUES (?1, ?2, 'Administrator', ?3, ?4)",
         )?
-        .execute(params![uid, admin_email, auth::hash_password(&password), now])?;
+        .execute(params![uid, admin.email, auth::hash_password(&password), now])?;
         let user_id = tx.last_insert_rowid();
-        let account_id: i64 = tx.query_row(
-            "SELECT id FROM accounts WHERE name = ?1",
-            [PERSONAL_ACCOUNT],
-            |r| r.get(0),
-        )?;
-        tx.prepare_cached(
-            "INSERT INTO memberships (account_id, user_id, role, created_at) VALUES (?1, ?2, 'owner', ?3)",
-        )?
-        .execute(params![account_id, user_id, now])?;
+        tx.prepare_cached("INSERT INTO memberships (account_id, user_id, role, created_at) VALUES (?1, ?2, 'owner', ?3)")?
+            .execute(params![account_id, user_id, now])?;
         let entry = AuditEntry::new(
             Some(account_id),
             &Actor::system(),
@@ -195,7 +216,7 @@ pub fn bootstrap(
             "user",
             &uid,
         )
-        .summary(format!("bootstrap admin {admin_email} created"));
+        .summary(format!("bootstrap admin {} created", admin.email));
         super::audit::record(&Tx { conn: &tx }, &entry, now)?;
     }
     tx.commit()?;

@@ -5,3 +5,4 @@ mod admission;
 mod lifecycle;
 mod share;
 mod support;
+mod workspace;
