@@ -1155,3 +1155,120 @@ fn accounts_are_isolated_and_the_user_cli_manages_users() {
         assert!(!log.contains(secret), "{secret} in the log");
     }
 }
+
+/// The two NeoSC client scripts (monitor active sessions; disconnect sessions older than N hours)
+/// run unchanged against sessiond, given only its URL and a token.
+#[test]
+fn neosc_client_scripts_work_against_sessiond() {
+    let Ok(python) = which_python() else {
+        panic!("python3 is needed for the NeoSC client scripts and was not found on PATH");
+    };
+    let server = Server::start();
+    let admin = login(&server, ADMIN_EMAIL, ADMIN_PASSWORD);
+    let user = register(&server, &admin, "frank@example.com", "user");
+    let mut ids = Vec::new();
+    for ws in ["ws-sap-neogenesys", "ws-remote-desktop", "ws-linux-desktop"] {
+        ids.push(
+            server
+                .post_auth(&format!("/api/workspaces/{ws}/launch"), &user, &json!({}))
+                .expect(200)["session_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // One session started three hours ago.
+    server.exec_sql(&format!(
+        "UPDATE sessions SET created_at = created_at - 3 * 3600 * 1000 WHERE uid = '{}'",
+        ids[0]
+    ));
+    let script = |name: &str, args: &[&str]| {
+        let out = Command::new(&python)
+            .arg(format!(
+                "{}/tests/clients/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .args(args)
+            .env("NEOSC_URL", format!("http://{}", server.addr))
+            .env("NEOSC_TOKEN", &admin)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let monitor = script("monitor_active_sessions.py", &["--once"]);
+    assert!(
+        monitor.starts_with("3 active session(s), 4 workspaces, 2 users"),
+        "{monitor}"
+    );
+    for id in &ids {
+        assert!(monitor.contains(id.as_str()), "{monitor}");
+    }
+    assert!(monitor.contains("frank@example.com") && monitor.contains("SAP Neogénesys"));
+    let dry = script("disconnect_old_sessions.py", &["--hours", "2", "--dry-run"]);
+    assert!(
+        dry.contains(&ids[0]) && dry.contains("Disconnected 0 session(s)"),
+        "{dry}"
+    );
+    let out = script("disconnect_old_sessions.py", &["--hours", "2"]);
+    assert!(out.contains("Disconnected 1 session(s)"), "{out}");
+    let statuses: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            server
+                .get_auth(&format!("/api/sessions/{id}"), &user)
+                .expect(200)["status"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(statuses, ["disconnected", "active", "active"]);
+}
+
+fn which_python() -> Result<String, ()> {
+    for candidate in ["python3", "python"] {
+        if Command::new(candidate)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return Ok(candidate.to_string());
+        }
+    }
+    Err(())
+}
+
+#[test]
+fn login_tokens_expire_idle_or_absolute_and_the_reaper_removes_them() {
+    let server = Server::start_with(Opts::default().arg("--reap-interval", "100ms"));
+    let idle = login(&server, ADMIN_EMAIL, ADMIN_PASSWORD);
+    let old = login(&server, ADMIN_EMAIL, ADMIN_PASSWORD);
+    let fresh = login(&server, ADMIN_EMAIL, ADMIN_PASSWORD);
+    let expiry = server.query("SELECT expires_at - created_at, idle_expires_at - created_at FROM credentials WHERE kind = 'login' LIMIT 1");
+    assert_eq!(
+        expiry[0],
+        vec![json!(7 * 86_400_000i64), json!(12 * 3_600_000i64)]
+    );
+    // Stand-ins for time passing: one token idle past 12 h, one past its 7-day lifetime.
+    let ids = server.query("SELECT id FROM credentials WHERE kind = 'login' ORDER BY id");
+    server.exec_sql(&format!(
+        "UPDATE credentials SET idle_expires_at = 1 WHERE id = {}",
+        ids[0][0]
+    ));
+    server.exec_sql(&format!(
+        "UPDATE credentials SET expires_at = 1 WHERE id = {}",
+        ids[1][0]
+    ));
+    detail(&server.get_auth("/api/auth/me", &idle), 401);
+    detail(&server.get_auth("/api/auth/me", &old), 401);
+    server.get_auth("/api/auth/me", &fresh).expect(200);
+    assert!(eventually(Duration::from_secs(5), || server
+        .query("SELECT count(*) FROM credentials WHERE kind = 'login'")
+        [0][0]
+        == 1));
+}
