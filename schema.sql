@@ -79,8 +79,7 @@ CREATE TABLE workspaces (
     launch_mode          TEXT    NOT NULL DEFAULT 'iframe',
     icon                 TEXT,
     image                TEXT,
-    template             TEXT,
-    persistence          TEXT,
+    template             INTEGER NOT NULL DEFAULT 0 CHECK (template IN (0, 1)),
     max_session_duration INTEGER,
     idle_timeout         INTEGER,
     created_at           INTEGER NOT NULL,
@@ -172,12 +171,13 @@ CREATE TABLE kicked_viewers (
 ) STRICT;
 
 -- Runtime session details (Chaser dialect), including the latest daemon snapshot.
+-- Environment values may be secrets and belong to the data plane: only their names are kept.
 CREATE TABLE runtime_sessions (
     session_id         INTEGER PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
-    persistence        TEXT,
+    persistent         INTEGER NOT NULL DEFAULT 0 CHECK (persistent IN (0, 1)),
     image              TEXT,
     proxy              TEXT,
-    env                TEXT,
+    env_names          TEXT    NOT NULL DEFAULT '[]',
     ttl_seconds        INTEGER,
     node_id            TEXT,
     snapshot_status    TEXT,

@@ -6,7 +6,6 @@
 //! that answer everyone else. Every random value comes from the operating system's CSPRNG.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Condvar, Mutex};
 
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -255,15 +254,24 @@ impl Drop for Permit<'_> {
     }
 }
 
-/// Fixed-window counters per client address: `limit` events per `window` milliseconds.
-pub struct RateLimiter {
+/// Fixed-window counters per key (a client address, a credential): `limit` events per `window`
+/// milliseconds.
+pub struct RateLimiter<K> {
     limit: u32,
     window_ms: Millis,
-    windows: Mutex<HashMap<IpAddr, (Millis, u32)>>,
+    windows: Mutex<HashMap<K, (Millis, u32)>>,
 }
 
-impl RateLimiter {
-    pub fn new(limit: u32, window_ms: Millis) -> RateLimiter {
+/// The state of a key's window after an allowed event.
+pub struct Allowance {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the window resets.
+    pub reset: u64,
+}
+
+impl<K: std::hash::Hash + Eq> RateLimiter<K> {
+    pub fn new(limit: u32, window_ms: Millis) -> RateLimiter<K> {
         RateLimiter {
             limit,
             window_ms,
@@ -273,24 +281,32 @@ impl RateLimiter {
 
     /// Counts one event; `Err(seconds until the window resets)` when over the limit. A limit of 0
     /// means unlimited.
-    pub fn check(&self, ip: IpAddr, now: Millis) -> Result<(), u64> {
+    pub fn check(&self, key: K, now: Millis) -> Result<Allowance, u64> {
         if self.limit == 0 {
-            return Ok(());
+            return Ok(Allowance {
+                limit: 0,
+                remaining: u32::MAX,
+                reset: 0,
+            });
         }
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if windows.len() > 100_000 {
             windows.retain(|_, (start, _)| now - *start < self.window_ms);
         }
-        let entry = windows.entry(ip).or_insert((now, 0));
+        let entry = windows.entry(key).or_insert((now, 0));
         if now - entry.0 >= self.window_ms {
             *entry = (now, 0);
         }
+        let reset = (((entry.0 + self.window_ms - now) + 999) / 1000).max(1) as u64;
         if entry.1 >= self.limit {
-            let reset = entry.0 + self.window_ms - now;
-            return Err(((reset + 999) / 1000).max(1) as u64);
+            return Err(reset);
         }
         entry.1 += 1;
-        Ok(())
+        Ok(Allowance {
+            limit: self.limit,
+            remaining: self.limit - entry.1,
+            reset,
+        })
     }
 }
 
@@ -440,6 +456,7 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     #[test]
     fn password_hash_round_trip() {
@@ -502,9 +519,9 @@ mod tests {
     fn rate_limiter_window() {
         let rl = RateLimiter::new(2, 60_000);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        assert!(rl.check(ip, 0).is_ok());
-        assert!(rl.check(ip, 1).is_ok());
-        assert_eq!(rl.check(ip, 2), Err(60));
+        assert_eq!(rl.check(ip, 0).unwrap().remaining, 1);
+        assert_eq!(rl.check(ip, 1).unwrap().remaining, 0);
+        assert_eq!(rl.check(ip, 2).err(), Some(60));
         assert!(rl.check(ip, 60_000).is_ok());
     }
 }

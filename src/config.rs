@@ -146,8 +146,11 @@ pub struct Config {
     pub max_body: usize,
     pub synchronous_full: bool,
     pub trusted_proxies: Vec<IpAddr>,
+    pub snapshot_stale_after: Millis,
+    pub snapshot_lost_after: Millis,
     pub audit_retention: Millis,
     pub shutdown_timeout: Millis,
+    pub control_url_template: String,
     pub admin_email: String,
     pub admin_password: Option<String>,
     pub internal_api_key: Option<String>,
@@ -327,9 +330,10 @@ impl Raw {
             return Err("max_body: must be at least 1".into());
         }
         let public_base_url = strip_one_slash(self.get("public_base_url"));
-        // Settings of the runtime dialect: validated now, used once that dialect exists.
-        duration("snapshot_stale_after")?;
-        duration("snapshot_lost_after")?;
+        let control_url_template = match optional("control_url_template") {
+            Some(t) => t,
+            None => format!("{public_base_url}/v1/sessions/{{id}}/cdp"),
+        };
         Ok(Config {
             listen,
             db: PathBuf::from(self.get("db")),
@@ -344,8 +348,11 @@ impl Raw {
             max_body,
             synchronous_full,
             trusted_proxies,
+            snapshot_stale_after: duration("snapshot_stale_after")?,
+            snapshot_lost_after: duration("snapshot_lost_after")?,
             audit_retention: duration("audit_retention")?,
             shutdown_timeout: duration("shutdown_timeout")?,
+            control_url_template,
             admin_email: self.get("admin_email").to_string(),
             admin_password: optional("admin_password"),
             internal_api_key: optional("internal_api_key"),

@@ -357,14 +357,7 @@ fn key_create(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
         ],
         &[],
     )?;
-    const KEY_SCOPES: &[&str] = &[
-        "sessions.read",
-        "sessions.write",
-        "workspaces.read",
-        "workspaces.write",
-        "audit.read",
-        "keys.write",
-    ];
+    use api::runtime::KEY_SCOPES;
     let scopes: Option<Vec<String>> = flags.get("--scopes").map(|v| {
         v.split(',')
             .map(|s| s.trim().to_string())

@@ -102,6 +102,7 @@ pub fn sweep(app: &App, reader: &Reader, now: Millis) -> Result<()> {
     drain(|| expire_shares(app, reader, now))?;
     drain(|| end_due_sessions(app, reader, now))?;
     drain(|| end_idle_sessions(app, reader, now))?;
+    drain(|| end_lost_sessions(app, reader, now))?;
     drain(|| age_out_viewers(app, reader, now))?;
     drain(|| {
         app.writer
@@ -159,6 +160,32 @@ fn end_due_sessions(app: &App, reader: &Reader, now: Millis) -> Result<usize> {
     if count > 0 {
         app.writer
             .exec(move |tx| end_sessions(tx, &due, "expired", now))?;
+    }
+    Ok(count)
+}
+
+/// Ends runtime sessions whose daemon stopped reporting them `snapshot_lost_after` ago.
+fn end_lost_sessions(app: &App, reader: &Reader, now: Millis) -> Result<usize> {
+    let lost = reader.lost_runtime_sessions(now - app.cfg.snapshot_lost_after, BATCH)?;
+    let count = lost.len();
+    if count > 0 {
+        app.writer.exec(move |tx| {
+            for (row, uid, account) in &lost {
+                if crate::db::runtime::mark_lost(tx, *row, now)? {
+                    let entry = AuditEntry::new(
+                        Some(*account),
+                        &Actor::system(),
+                        "session.lost",
+                        "session",
+                        uid,
+                    )
+                    .summary("its daemon stopped reporting the session")
+                    .metadata(json!({ "end_reason": "lost" }));
+                    audit::record(tx, &entry, now)?;
+                }
+            }
+            Ok(())
+        })?;
     }
     Ok(count)
 }

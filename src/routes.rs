@@ -4,7 +4,7 @@
 //! envelope) and the handler. Nothing else routes: no middleware, no registration at a distance.
 
 use crate::api::share::Via;
-use crate::api::{ops, share, workspace as ws};
+use crate::api::{ops, runtime as rt, share, workspace as ws};
 use crate::error::{Dialect, Error, Result};
 use crate::server::{Ctx, Req, Resp};
 
@@ -143,6 +143,60 @@ fn lookup<'a>(
         ),
         ("GET", ["api", "audit-logs"]) => ("/api/audit-logs", Workspace, Box::new(ws::audit_logs)),
         ("GET", ["api", "stats"]) => ("/api/stats", Workspace, Box::new(ws::stats)),
+
+        // Runtime sessions (Chaser)
+        ("POST", ["v1", "sessions"]) => ("/v1/sessions", Runtime, Box::new(rt::create_session)),
+        ("GET", ["v1", "sessions"]) => ("/v1/sessions", Runtime, Box::new(rt::list_sessions)),
+        ("POST", ["v1", "sessions", "bulk-terminate"]) => (
+            "/v1/sessions/bulk-terminate",
+            Runtime,
+            Box::new(rt::bulk_terminate),
+        ),
+        ("GET", ["v1", "sessions", id]) => (
+            "/v1/sessions/{id}",
+            Runtime,
+            Box::new(move |c, r| rt::get_session(c, r, id)),
+        ),
+        ("DELETE", ["v1", "sessions", id]) => (
+            "/v1/sessions/{id}",
+            Runtime,
+            Box::new(move |c, r| rt::delete_session(c, r, id)),
+        ),
+        ("GET", ["v1", "workspaces"]) => ("/v1/workspaces", Runtime, Box::new(rt::list_workspaces)),
+        ("POST", ["v1", "workspaces"]) => {
+            ("/v1/workspaces", Runtime, Box::new(rt::create_workspace))
+        }
+        ("PUT", ["v1", "workspaces", w, "name"]) => (
+            "/v1/workspaces/{w}/name",
+            Runtime,
+            Box::new(move |c, r| rt::rename_workspace(c, r, w)),
+        ),
+        ("DELETE", ["v1", "workspaces", w]) => (
+            "/v1/workspaces/{w}",
+            Runtime,
+            Box::new(move |c, r| rt::delete_workspace(c, r, w)),
+        ),
+        ("GET", ["v1", "audit", "events"]) => {
+            ("/v1/audit/events", Runtime, Box::new(rt::audit_events))
+        }
+        ("GET", ["v1", "keys"]) => ("/v1/keys", Runtime, Box::new(rt::list_keys)),
+        ("POST", ["v1", "keys"]) => ("/v1/keys", Runtime, Box::new(rt::create_key)),
+        ("DELETE", ["v1", "keys", id]) => (
+            "/v1/keys/{id}",
+            Runtime,
+            Box::new(move |c, r| rt::revoke_key(c, r, id)),
+        ),
+        ("GET", ["v1", "accounts"]) => ("/v1/accounts", Runtime, Box::new(rt::list_accounts)),
+        ("GET", ["v1", "accounts", "current"]) => (
+            "/v1/accounts/current",
+            Runtime,
+            Box::new(rt::current_account),
+        ),
+        ("POST", ["v1", "daemon", "snapshots"]) => (
+            "/v1/daemon/snapshots",
+            Runtime,
+            Box::new(rt::daemon_snapshots),
+        ),
         _ => return None,
     };
     Some(route)

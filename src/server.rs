@@ -24,12 +24,17 @@ use crate::error::{Error, Result};
 use crate::viewers::Viewers;
 use crate::{reaper, routes};
 
+/// How many runtime sessions one credential may create per minute.
+pub const RUNTIME_CREATES_PER_MINUTE: u32 = 600;
+
 /// Everything the handlers share, built once at startup.
 pub struct App {
     pub cfg: Config,
     pub writer: Writer,
     pub viewers: Viewers,
-    pub anonymous_shares: RateLimiter,
+    pub anonymous_shares: RateLimiter<std::net::IpAddr>,
+    /// Runtime session creations per credential per minute.
+    pub runtime_creates: RateLimiter<i64>,
     /// Failed sign-ins per email and per IP (SPEC §2: 5 in 5 minutes locks out for 5 minutes).
     pub login_throttle: Throttle,
     /// Set when shutdown begins: workers finish their request and stop taking new ones.
@@ -115,6 +120,16 @@ impl Resp {
         }
     }
 
+    /// A response without a body (204).
+    pub fn empty(status: u16) -> Resp {
+        Resp {
+            status,
+            body: Vec::new(),
+            content_type: "application/json",
+            headers: Vec::new(),
+        }
+    }
+
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Resp {
         self.headers.push((name, value.into()));
         self
@@ -157,6 +172,7 @@ pub fn serve(cfg: Config) -> Result<i32> {
         viewers: Viewers::new(cfg.viewer_idle_timeout),
         anonymous_shares: RateLimiter::new(cfg.anonymous_share_rate, 60_000),
         login_throttle: Throttle::new(5, 300_000, 300_000),
+        runtime_creates: RateLimiter::new(RUNTIME_CREATES_PER_MINUTE, 60_000),
         writer,
         stopping: AtomicBool::new(false),
         request_seq: AtomicU64::new(0),

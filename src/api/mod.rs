@@ -5,6 +5,7 @@
 //! offending field, and resolution of the credential a caller presented.
 
 pub mod ops;
+pub mod runtime;
 pub mod share;
 pub mod workspace;
 

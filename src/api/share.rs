@@ -380,6 +380,7 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
                 ctx.app
                     .anonymous_shares
                     .check(ip, ctx.now)
+                    .map(drop)
                     .map_err(|retry_after_secs| Error::TooManyRequests {
                         message: "Too many sessions created from this address; try again later"
                             .into(),

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod migrate;
+pub mod runtime;
 pub mod shares;
 pub mod users;
 pub mod workspaces;
