@@ -738,3 +738,84 @@ fn workspace_sessions_are_runtime_sessions_too() {
     assert_eq!(rdp["last_session_id"], one.as_str());
     assert_eq!(rdp["active_session_id"], Value::Null);
 }
+
+/// The official `chaser-sdk` 0.2.1 from PyPI, pointed at sessiond with `base_url`. The suite installs
+/// it into a virtual environment under `target/`; where PyPI cannot be reached the test says so and
+/// skips (it never passes silently).
+#[test]
+fn the_official_chaser_sdk_works_against_sessiond() {
+    let python = match chaser_sdk_python() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED the_official_chaser_sdk_works_against_sessiond: {why}");
+            return;
+        }
+    };
+    let f = fixture(Opts::default());
+    let out = std::process::Command::new(&python)
+        .arg(format!(
+            "{}/tests/clients/chaser_sdk_check.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .env("CHASER_BASE_URL", format!("http://{}", f.server.addr))
+        .env("CHASER_API_KEY", &f.key)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the SDK check failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
+
+/// A Python with chaser-sdk 0.2.1: `SESSIOND_SDK_PYTHON`, or a venv made under `target/`.
+fn chaser_sdk_python() -> Result<String, String> {
+    if let Ok(p) = std::env::var("SESSIOND_SDK_PYTHON") {
+        return Ok(p);
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/chaser-sdk-venv");
+    let python = venv.join("bin/python");
+    let has_sdk = |py: &std::path::Path| {
+        std::process::Command::new(py)
+            .args([
+                "-c",
+                "import importlib.metadata as m; assert m.version('chaser-sdk') == '0.2.1'",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has_sdk(&python) {
+        return Ok(python.to_string_lossy().into_owned());
+    }
+    let made = std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output()
+        .map_err(|e| format!("python3 is not available: {e}"))?;
+    if !made.status.success() {
+        return Err(format!(
+            "python3 -m venv failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        ));
+    }
+    let pip = std::process::Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "chaser-sdk==0.2.1",
+        ])
+        .output()
+        .map_err(|e| format!("pip did not run: {e}"))?;
+    if !pip.status.success() {
+        return Err(format!(
+            "PyPI unreachable or chaser-sdk==0.2.1 not installable: {}",
+            String::from_utf8_lossy(&pip.stderr)
+        ));
+    }
+    Ok(python.to_string_lossy().into_owned())
+}
