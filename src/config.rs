@@ -37,98 +37,33 @@ const fn secret(name: &'static str, help: &'static str) -> Setting {
 }
 
 /// Every setting the service knows, in the order `config --dump` prints them.
+#[rustfmt::skip]
 pub const SETTINGS: &[Setting] = &[
-    s(
-        "listen",
-        "127.0.0.1:8080",
-        "address to listen on (an IP literal and port; port 0 picks one)",
-    ),
+    s("listen", "127.0.0.1:8080", "address to listen on (an IP literal and port; port 0 picks one)"),
     s("db", "./sessiond.db", "path of the SQLite database file"),
-    s(
-        "threads",
-        "0",
-        "HTTP worker threads (0 = 8 per core, at least 8)",
-    ),
-    s(
-        "public_base_url",
-        "http://localhost:3002",
-        "base of publicUrl, ownerUrl and overlayScriptUrl",
-    ),
+    s("threads", "0", "HTTP worker threads (0 = 8 per core, at least 8)"),
+    s("public_base_url", "http://localhost:3002", "base of publicUrl, ownerUrl and overlayScriptUrl"),
     s("edge_base_url", "ws://localhost:3002", "base of edgeUrl"),
-    s(
-        "allow_anonymous_shares",
-        "true",
-        "allow POST /sessions without credentials",
-    ),
-    s(
-        "anonymous_share_rate",
-        "30",
-        "anonymous share creations per IP per minute (0 = unlimited)",
-    ),
-    s(
-        "max_share_ttl",
-        "7d",
-        "longest expiresIn a share session may ask for",
-    ),
-    s(
-        "viewer_idle_timeout",
-        "5m",
-        "a viewer idle longer than this is aged out",
-    ),
+    s("allow_anonymous_shares", "true", "allow POST /sessions without credentials"),
+    s("anonymous_share_rate", "30", "anonymous share creations per IP per minute (0 = unlimited)"),
+    s("max_share_ttl", "7d", "longest expiresIn a share session may ask for"),
+    s("viewer_idle_timeout", "5m", "a viewer idle longer than this is aged out"),
     s("reap_interval", "1s", "how often the reaper sweeps"),
-    s(
-        "max_body",
-        "65536",
-        "largest accepted request body in bytes",
-    ),
-    s(
-        "synchronous",
-        "full",
-        "SQLite synchronous mode: full or normal",
-    ),
-    s(
-        "trusted_proxies",
-        "",
-        "comma-separated proxy IPs whose X-Forwarded-For is believed",
-    ),
-    s(
-        "snapshot_stale_after",
-        "30s",
-        "a daemon snapshot older than this is no longer authoritative",
-    ),
-    s(
-        "snapshot_lost_after",
-        "5m",
-        "a session its daemon stopped reporting this long is ended as lost",
-    ),
-    s(
-        "audit_retention",
-        "90d",
-        "audit rows older than this are pruned",
-    ),
-    s(
-        "shutdown_timeout",
-        "10s",
-        "longest a graceful shutdown may take",
-    ),
-    s(
-        "control_url_template",
-        "",
-        "endpoints.control of runtime sessions ({id} is replaced)",
-    ),
-    s(
-        "admin_email",
-        "admin@localhost",
-        "email of the admin user created on an empty database",
-    ),
-    secret(
-        "admin_password",
-        "password of that admin (random and printed once if unset)",
-    ),
-    secret(
-        "internal_api_key",
-        "a shared key accepted on /internal routes, as upstream Wormkey",
-    ),
+    s("max_body", "65536", "largest accepted request body in bytes"),
+    s("synchronous", "full", "SQLite synchronous mode: full or normal"),
+    s("trusted_proxies", "", "comma-separated proxy IPs whose X-Forwarded-For is believed"),
+    s("snapshot_stale_after", "30s", "a daemon snapshot older than this is no longer authoritative"),
+    s("snapshot_lost_after", "5m", "a session its daemon stopped reporting this long is ended as lost"),
+    s("audit_retention", "90d", "audit rows older than this are pruned"),
+    s("shutdown_timeout", "10s", "longest a graceful shutdown may take"),
+    s("control_url_template", "", "endpoints.control of runtime sessions ({id} is replaced)"),
+    s("metrics_allow", "", "comma-separated IPs besides loopback that may read /metrics (\"any\": everyone)"),
+    s("backup_dir", "", "directory for scheduled backups (empty: no scheduled backups)"),
+    s("backup_every", "1d", "interval of scheduled backups"),
+    s("backup_keep", "7", "how many scheduled backups to keep"),
+    s("admin_email", "admin@localhost", "email of the admin user created on an empty database"),
+    secret("admin_password", "password of that admin (random and printed once if unset)"),
+    secret("internal_api_key", "a shared key accepted on /internal routes, as upstream Wormkey"),
 ];
 
 #[derive(Clone, Debug)]
@@ -151,6 +86,11 @@ pub struct Config {
     pub audit_retention: Millis,
     pub shutdown_timeout: Millis,
     pub control_url_template: String,
+    /// `None`: any address may read `/metrics`; otherwise loopback and these.
+    pub metrics_allow: Option<Vec<IpAddr>>,
+    pub backup_dir: Option<PathBuf>,
+    pub backup_every: Millis,
+    pub backup_keep: usize,
     pub admin_email: String,
     pub admin_password: Option<String>,
     pub internal_api_key: Option<String>,
@@ -325,6 +265,19 @@ impl Raw {
                     .map_err(|_| format!("trusted_proxies: {s:?} is not an IP address"))
             })
             .collect::<Result<Vec<IpAddr>, String>>()?;
+        let metrics_allow = match self.get("metrics_allow").trim() {
+            "any" | "*" => None,
+            list => Some(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        s.parse()
+                            .map_err(|_| format!("metrics_allow: {s:?} is not an IP address"))
+                    })
+                    .collect::<Result<Vec<IpAddr>, String>>()?,
+            ),
+        };
         let max_body = number("max_body")? as usize;
         if max_body == 0 {
             return Err("max_body: must be at least 1".into());
@@ -353,6 +306,10 @@ impl Raw {
             audit_retention: duration("audit_retention")?,
             shutdown_timeout: duration("shutdown_timeout")?,
             control_url_template,
+            metrics_allow,
+            backup_dir: optional("backup_dir").map(PathBuf::from),
+            backup_every: duration("backup_every")?,
+            backup_keep: (number("backup_keep")? as usize).max(1),
             admin_email: self.get("admin_email").to_string(),
             admin_password: optional("admin_password"),
             internal_api_key: optional("internal_api_key"),

@@ -3,10 +3,12 @@
 
 mod api;
 mod auth;
+mod backups;
 mod config;
 mod db;
 mod domain;
 mod error;
+mod metrics;
 mod reaper;
 mod routes;
 mod server;
@@ -30,6 +32,9 @@ commands:
                              manage users (the password also from SESSIOND_USER_PASSWORD or a prompt)
   key create [--service gateway|daemon] [--account NAME] [--name NAME] [--scopes a,b] [--expires-in 30d]
                              create an API key (or a service key) and print it once
+  backup DEST                write a consistent copy of the database (safe while serving)
+  restore SRC                replace the database with a backup (refused while a server runs on it)
+  healthcheck                exit 0 when the server at --listen is ready, 1 otherwise
   config --dump              print the effective settings (secrets masked)
   version                    print the version
 
@@ -81,6 +86,24 @@ fn run(args: &[String]) -> Result<u8, Failure> {
         }
         ("migrate", flags) => migrate(&raw.into_config().map_err(Failure::Usage)?, flags),
         ("check", []) => check(&raw.into_config().map_err(Failure::Usage)?),
+        ("backup", [dest]) => {
+            let cfg = raw.into_config().map_err(Failure::Usage)?;
+            let b = db::backup::backup(&cfg.db, std::path::Path::new(dest))?;
+            println!(
+                "backup of {} written to {dest} ({} bytes, schema version {}, integrity ok)",
+                cfg.db.display(),
+                b.bytes,
+                b.schema_version
+            );
+            Ok(0)
+        }
+        ("restore", [src]) => {
+            let cfg = raw.into_config().map_err(Failure::Usage)?;
+            db::backup::restore(std::path::Path::new(src), &cfg.db)?;
+            println!("{} restored from {src}", cfg.db.display());
+            Ok(0)
+        }
+        ("healthcheck", []) => healthcheck(&raw.into_config().map_err(Failure::Usage)?),
         ("user", words) => user_command(&raw.into_config().map_err(Failure::Usage)?, words),
         ("key", ["create", flags @ ..]) => {
             key_create(&raw.into_config().map_err(Failure::Usage)?, flags)
@@ -111,6 +134,41 @@ fn run(args: &[String]) -> Result<u8, Failure> {
     }
 }
 
+/// Asks the running server's `/readyz` (at `listen`; an unspecified address means loopback).
+fn healthcheck(cfg: &Config) -> Result<u8, Failure> {
+    use std::io::{Read, Write};
+    let mut addr = cfg.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let timeout = std::time::Duration::from_secs(5);
+    let answer = (|| -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(
+            format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        Ok(text)
+    })();
+    match answer {
+        Ok(text) if text.starts_with("HTTP/1.1 200") => {
+            println!("ready: {addr}");
+            Ok(0)
+        }
+        Ok(text) => Err(Failure::Runtime(format!(
+            "not ready: {}",
+            text.lines().next().unwrap_or("no answer")
+        ))),
+        Err(e) => Err(Failure::Runtime(format!("no answer from {addr}: {e}"))),
+    }
+}
+
 fn migrate(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
     let check_only = match flags {
         [] => false,
@@ -121,6 +179,12 @@ fn migrate(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
                 other.join(" ")
             )));
         }
+    };
+    // Changing the schema under a running server is refused; checking is not.
+    let _lock = if check_only {
+        None
+    } else {
+        Some(db::backup::lock(&cfg.db)?)
     };
     let mut conn = db::open(&cfg.db, db::Access::ReadWrite, cfg.synchronous_full)?;
     if check_only {

@@ -99,27 +99,34 @@ pub fn flush_viewers(viewers: &Viewers, writer: &Writer) {
 
 /// One pass over everything time can end, each kind of work in bounded batches.
 pub fn sweep(app: &App, reader: &Reader, now: Millis) -> Result<()> {
-    drain(|| expire_shares(app, reader, now))?;
-    drain(|| end_due_sessions(app, reader, now))?;
-    drain(|| end_idle_sessions(app, reader, now))?;
-    drain(|| end_lost_sessions(app, reader, now))?;
-    drain(|| age_out_viewers(app, reader, now))?;
-    drain(|| {
+    drain(app, "share.expired", || expire_shares(app, reader, now))?;
+    drain(app, "session.expired", || {
+        end_due_sessions(app, reader, now)
+    })?;
+    drain(app, "session.idle", || end_idle_sessions(app, reader, now))?;
+    drain(app, "session.lost", || end_lost_sessions(app, reader, now))?;
+    drain(app, "viewer.aged_out", || age_out_viewers(app, reader, now))?;
+    drain(app, "share_token.deleted", || {
         app.writer
             .exec(move |tx| shares::delete_expired_tokens(tx, now, BATCH))
     })?;
-    drain(|| {
+    drain(app, "login_token.deleted", || {
         app.writer
             .exec(move |tx| users::delete_dead_login_tokens(tx, now, BATCH))
     })?;
     let cutoff = now - app.cfg.audit_retention;
-    drain(|| app.writer.exec(move |tx| audit::prune(tx, cutoff, BATCH)))
+    drain(app, "audit.pruned", || {
+        app.writer.exec(move |tx| audit::prune(tx, cutoff, BATCH))
+    })
 }
 
-/// Repeats one batch of work until a batch comes back short, at most `MAX_BATCHES_PER_TICK` times.
-fn drain(mut batch: impl FnMut() -> Result<usize>) -> Result<()> {
+/// Repeats one batch of work until a batch comes back short, at most `MAX_BATCHES_PER_TICK` times,
+/// and counts the rows for `/metrics`.
+fn drain(app: &App, kind: &'static str, mut batch: impl FnMut() -> Result<usize>) -> Result<()> {
     for _ in 0..MAX_BATCHES_PER_TICK {
-        if batch()? < BATCH {
+        let n = batch()?;
+        app.metrics.reaped(kind, n);
+        if n < BATCH {
             break;
         }
     }

@@ -21,6 +21,7 @@ fn lookup<'a>(
         ("GET", ["healthz"]) => ("/healthz", Runtime, Box::new(ops::healthz)),
         ("GET", ["readyz"]) => ("/readyz", Runtime, Box::new(ops::readyz)),
         ("GET", ["version"]) => ("/version", Runtime, Box::new(ops::version)),
+        ("GET", ["metrics"]) => ("/metrics", Runtime, Box::new(ops::metrics)),
 
         // Share sessions (Wormkey)
         ("POST", ["sessions"]) => ("/sessions", Share, Box::new(share::create)),

@@ -37,6 +37,7 @@ pub struct App {
     pub runtime_creates: RateLimiter<i64>,
     /// Failed sign-ins per email and per IP (SPEC §2: 5 in 5 minutes locks out for 5 minutes).
     pub login_throttle: Throttle,
+    pub metrics: crate::metrics::Metrics,
     /// Set when shutdown begins: workers finish their request and stop taking new ones.
     pub stopping: AtomicBool,
     request_seq: AtomicU64,
@@ -68,6 +69,8 @@ pub struct Req {
     /// Header names in lower case.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The address of the other end of the TCP connection.
+    pub peer: Option<IpAddr>,
     /// The client's address: the peer, or `X-Forwarded-For` when the peer is a trusted proxy.
     pub client_ip: Option<IpAddr>,
     pub request_id: String,
@@ -120,6 +123,15 @@ impl Resp {
         }
     }
 
+    pub fn text(status: u16, content_type: &'static str, body: String) -> Resp {
+        Resp {
+            status,
+            body: body.into_bytes(),
+            content_type,
+            headers: Vec::new(),
+        }
+    }
+
     /// A response without a body (204).
     pub fn empty(status: u16) -> Resp {
         Resp {
@@ -139,6 +151,7 @@ impl Resp {
 /// Runs the server until SIGTERM/SIGINT (exit code 0) or a fatal accept error (exit code 1).
 pub fn serve(cfg: Config) -> Result<i32> {
     raise_file_limit();
+    let _lock = db::backup::lock(&cfg.db)?;
     let mut conn = db::open(&cfg.db, db::Access::ReadWrite, cfg.synchronous_full)?;
     db::migrate::migrate(&mut conn)?;
     let admin = db::accounts::Admin {
@@ -172,6 +185,7 @@ pub fn serve(cfg: Config) -> Result<i32> {
         viewers: Viewers::new(cfg.viewer_idle_timeout),
         anonymous_shares: RateLimiter::new(cfg.anonymous_share_rate, 60_000),
         login_throttle: Throttle::new(5, 300_000, 300_000),
+        metrics: crate::metrics::Metrics::default(),
         runtime_creates: RateLimiter::new(RUNTIME_CREATES_PER_MINUTE, 60_000),
         writer,
         stopping: AtomicBool::new(false),
@@ -196,6 +210,7 @@ pub fn serve(cfg: Config) -> Result<i32> {
         workers.push(worker);
     }
     let reaper = reaper::start(app.clone(), Reader::open(&app.cfg.db)?)?;
+    let backups = crate::backups::start(app.clone())?;
 
     log::info!(
         "sessiond {} listening on http://{local} with {} workers",
@@ -205,8 +220,18 @@ pub fn serve(cfg: Config) -> Result<i32> {
     eprintln!("sessiond: listening on http://{local}");
     notify_systemd("READY=1");
 
+    let mut last_probe = Instant::now();
     while !term.load(Ordering::SeqCst) && !fatal.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
+        if last_probe.elapsed() >= LISTENER_PROBE_EVERY {
+            last_probe = Instant::now();
+            if !listener_alive(local) {
+                log::error!(
+                    "the listener on {local} is gone; exiting so the supervisor can restart sessiond"
+                );
+                fatal.store(true, Ordering::SeqCst);
+            }
+        }
     }
 
     // Shutdown: stop taking requests, finish in-flight ones, flush viewer activity, checkpoint.
@@ -228,14 +253,54 @@ pub fn serve(cfg: Config) -> Result<i32> {
             log::warn!("a worker did not finish its request before the shutdown timeout");
         }
     }
+    // Requests still queued were never started: tell their clients to come back.
+    while let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(20)) {
+        let resp = Error::Unavailable("The server is shutting down".into())
+            .into_resp(routes::dialect_of(request.url()));
+        let mut response = tiny_http::Response::from_data(resp.body).with_status_code(resp.status);
+        for (name, value) in [
+            ("Content-Type", resp.content_type.to_string()),
+            ("Retry-After", "1".into()),
+            ("Connection", "close".into()),
+        ] {
+            if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                response.add_header(h);
+            }
+        }
+        let _ = request.respond(response);
+        if Instant::now() > deadline {
+            break;
+        }
+    }
     drop(server);
     reaper.stop(deadline);
+    backups.stop();
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
     app.writer.shutdown(left);
     log::info!("stopped");
     Ok(if failed { 1 } else { 0 })
+}
+
+/// How often the main thread checks that its own listener still accepts connections.
+const LISTENER_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// False only when connecting to our own listener is refused: tiny_http's accept thread has ended
+/// (its listener closed with it), however it ended. Any other failure (our own EMFILE, a timeout
+/// under load) proves nothing and counts as alive.
+fn listener_alive(mut addr: std::net::SocketAddr) -> bool {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::ConnectionRefused,
+    }
 }
 
 fn work(app: &App, server: &tiny_http::Server, db: &Reader, fatal: &AtomicBool) {
@@ -286,6 +351,7 @@ fn handle(app: &App, db: &Reader, mut request: tiny_http::Request) {
                     query,
                     headers,
                     body,
+                    peer,
                     client_ip,
                     request_id: request_id.clone(),
                 };
@@ -321,6 +387,8 @@ fn handle(app: &App, db: &Reader, mut request: tiny_http::Request) {
 
     let status = resp.status;
     let bytes = resp.body.len();
+    app.metrics
+        .observe_request(route, status, started.elapsed().as_secs_f64());
     let mut response = tiny_http::Response::from_data(resp.body).with_status_code(status);
     for (name, value) in std::iter::once(("Content-Type", resp.content_type.to_string()))
         .chain(std::iter::once(("X-Request-Id", request_id.clone())))

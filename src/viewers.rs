@@ -469,4 +469,19 @@ impl Viewers {
             .and_then(|e| e.viewers.get(viewer_id))
             .is_some_and(|v| v.last_seen_at >= cutoff)
     }
+
+    /// How many viewers are live across all sessions (for metrics).
+    pub fn live_count(&self, now: Millis) -> usize {
+        let cutoff = now - self.idle_timeout;
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .map(|e| e.active_count(cutoff))
+                    .sum::<usize>()
+            })
+            .sum()
+    }
 }

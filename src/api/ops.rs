@@ -23,6 +23,30 @@ pub fn readyz(ctx: &Ctx, _req: &Req) -> Result<Resp> {
     Ok(Resp::json(200, &json!({ "status": "ready" })))
 }
 
+/// `GET /metrics` — Prometheus text; loopback only unless `metrics_allow` says otherwise.
+pub fn metrics(ctx: &Ctx, req: &Req) -> Result<Resp> {
+    let allowed = match (&ctx.cfg().metrics_allow, req.peer) {
+        (None, _) => true,
+        (Some(list), Some(peer)) => peer.is_loopback() || list.contains(&peer),
+        (Some(_), None) => false,
+    };
+    if !allowed {
+        return Err(Error::Forbidden(
+            "Metrics are served to loopback and metrics_allow only".into(),
+        ));
+    }
+    let snap = crate::metrics::Snapshot {
+        sessions: ctx.db.session_counts()?,
+        live_viewers: ctx.app.viewers.live_count(ctx.now),
+        writer: &ctx.app.writer.stats,
+    };
+    Ok(Resp::text(
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        ctx.app.metrics.render(&snap),
+    ))
+}
+
 /// `GET /version`
 pub fn version(_ctx: &Ctx, _req: &Req) -> Result<Resp> {
     Ok(Resp::json(

@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod backup;
 pub mod migrate;
 pub mod runtime;
 pub mod shares;

@@ -188,6 +188,16 @@ impl Reader {
         Ok(rows)
     }
 
+    /// Stored sessions by dialect and status (for `/metrics`).
+    pub fn session_counts(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows = self
+            .conn
+            .prepare_cached("SELECT dialect, status, count(*) FROM sessions GROUP BY dialect, status ORDER BY 1, 2")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     pub fn count_active_sessions(&self, account_id: i64) -> Result<i64> {
         Ok(self
             .conn

@@ -3,6 +3,7 @@
 
 mod admission;
 mod lifecycle;
+mod ops;
 mod runtime;
 mod share;
 mod support;

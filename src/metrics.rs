@@ -1,0 +1,242 @@
+//! Counters for `/metrics`, kept in memory and rendered as Prometheus text (hand-written: the format
+//! is a handful of lines, not worth a dependency).
+//!
+//! Requests are counted by route template and status with a latency histogram; the writer's batch
+//! and commit figures come from its own counters; sessions by dialect and status, and live viewers,
+//! are read at scrape time; the reaper and the scheduled backups count what they do.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::db::writer::WriterStats;
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_micros: AtomicU64,
+    reaped: Mutex<BTreeMap<&'static str, u64>>,
+    pub backups_ok: AtomicU64,
+    pub backups_failed: AtomicU64,
+    pub last_backup_unix: AtomicU64,
+}
+
+/// Figures read at scrape time.
+pub struct Snapshot<'a> {
+    pub sessions: Vec<(String, String, i64)>,
+    pub live_viewers: usize,
+    pub writer: &'a WriterStats,
+}
+
+impl Metrics {
+    pub fn observe_request(&self, route: &'static str, status: u16, seconds: f64) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((route, status))
+            .or_default() += 1;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Counts reaper work of one kind (`session.expired`, `viewer.aged_out`, …).
+    pub fn reaped(&self, kind: &'static str, n: usize) {
+        if n > 0 {
+            *self
+                .reaped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(kind)
+                .or_default() += n as u64;
+        }
+    }
+
+    pub fn render(&self, snap: &Snapshot) -> String {
+        let mut t = Text::default();
+        let n = t.family(
+            "sessiond_http_requests_total",
+            "counter",
+            "HTTP requests by route template and status.",
+        );
+        for ((route, status), count) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            t.line(format!(
+                "{n}{{route=\"{}\",status=\"{status}\"}} {count}",
+                escape(route)
+            ));
+        }
+        let n = t.family(
+            "sessiond_http_request_duration_seconds",
+            "histogram",
+            "Time to answer a request.",
+        );
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            t.line(format!(
+                "{n}_bucket{{le=\"{bound}\"}} {}",
+                self.latency_buckets[i].load(Ordering::Relaxed)
+            ));
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        t.line(format!("{n}_bucket{{le=\"+Inf\"}} {count}"));
+        t.line(format!(
+            "{n}_sum {}",
+            self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6
+        ));
+        t.line(format!("{n}_count {count}"));
+
+        let w = snap.writer;
+        for (name, kind, help, value) in [
+            (
+                "sessiond_writer_commits_total",
+                "counter",
+                "Group commits of the writer thread.",
+                w.batches.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "sessiond_writer_changes_total",
+                "counter",
+                "Changes (jobs) committed by the writer thread.",
+                w.jobs.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "sessiond_writer_failed_commits_total",
+                "counter",
+                "Group commits that failed.",
+                w.failed_commits.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "sessiond_writer_commit_seconds_total",
+                "counter",
+                "Time spent in group commits.",
+                w.commit_micros_total.load(Ordering::Relaxed) as f64 / 1e6,
+            ),
+            (
+                "sessiond_writer_batch_size_max",
+                "gauge",
+                "The largest group commit so far.",
+                w.largest_batch.load(Ordering::Relaxed) as f64,
+            ),
+        ] {
+            let n = t.family(name, kind, help);
+            t.line(format!("{n} {value}"));
+        }
+
+        let n = t.family(
+            "sessiond_sessions",
+            "gauge",
+            "Stored sessions by dialect and status.",
+        );
+        for (dialect, status, count) in &snap.sessions {
+            t.line(format!(
+                "{n}{{dialect=\"{}\",status=\"{}\"}} {count}",
+                escape(dialect),
+                escape(status)
+            ));
+        }
+        let n = t.family(
+            "sessiond_live_viewers",
+            "gauge",
+            "Share-session viewers seen within viewer_idle_timeout.",
+        );
+        t.line(format!("{n} {}", snap.live_viewers));
+        let n = t.family(
+            "sessiond_reaper_actions_total",
+            "counter",
+            "What the reaper did, by kind.",
+        );
+        for (kind, count) in self.reaped.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            t.line(format!("{n}{{kind=\"{kind}\"}} {count}"));
+        }
+        let n = t.family(
+            "sessiond_backups_total",
+            "counter",
+            "Scheduled backups by outcome.",
+        );
+        t.line(format!(
+            "{n}{{outcome=\"ok\"}} {}",
+            self.backups_ok.load(Ordering::Relaxed)
+        ));
+        t.line(format!(
+            "{n}{{outcome=\"failed\"}} {}",
+            self.backups_failed.load(Ordering::Relaxed)
+        ));
+        let n = t.family(
+            "sessiond_last_backup_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful scheduled backup (0: none).",
+        );
+        t.line(format!(
+            "{n} {}",
+            self.last_backup_unix.load(Ordering::Relaxed)
+        ));
+        t.0
+    }
+}
+
+/// Prometheus exposition text being written.
+#[derive(Default)]
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &'static str, kind: &str, help: &str) -> &'static str {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        name
+    }
+
+    fn line(&mut self, line: String) {
+        self.0.push_str(&line);
+        self.0.push('\n');
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.observe_request("/sessions", 201, 0.002);
+        m.observe_request("/sessions", 201, 0.2);
+        m.reaped("session.expired", 3);
+        let stats = WriterStats::default();
+        let text = m.render(&Snapshot {
+            sessions: vec![("share".into(), "active".into(), 2)],
+            live_viewers: 4,
+            writer: &stats,
+        });
+        assert!(
+            text.contains("sessiond_http_requests_total{route=\"/sessions\",status=\"201\"} 2\n")
+        );
+        assert!(text.contains("sessiond_http_request_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
+        assert!(text.contains("sessiond_http_request_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("sessiond_sessions{dialect=\"share\",status=\"active\"} 2\n"));
+        assert!(text.contains("sessiond_reaper_actions_total{kind=\"session.expired\"} 3\n"));
+        assert!(text.contains("sessiond_live_viewers 4\n"));
+    }
+}

@@ -1,0 +1,449 @@
+//! Operations: online backups under write load, restore, the single-server lock, scheduled backups,
+//! `/metrics`, `healthcheck`, and the packaging (static binary, systemd unit, Debian package).
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::*;
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+#[test]
+fn a_backup_under_write_load_holds_every_acknowledged_write() {
+    let server = Server::start_with(Opts::default().arg("--anonymous-share-rate", "0"));
+    let acked: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..6)
+        .map(|_| {
+            let (acked, stop, addr) = (acked.clone(), stop.clone(), server.addr.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let r = request(&addr, "POST", "/sessions", &[], Some(b"{}"));
+                    assert_eq!(r.status, 201, "{}", r.text());
+                    let id = r.json()["sessionId"].as_str().unwrap().to_string();
+                    acked.lock().unwrap().push((id, Instant::now()));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let dest = server.dir.path().join("backup.db");
+    let began = Instant::now();
+    let out = run(&[
+        "backup",
+        dest.to_str().unwrap(),
+        "--db",
+        server.db.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("integrity ok"));
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let before: Vec<String> = acked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, t)| *t < began)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let total = acked.lock().unwrap().len();
+    assert!(
+        before.len() > 20 && total > before.len(),
+        "the writers were not busy: {} before, {total} in all",
+        before.len()
+    );
+    assert_eq!(query(&dest, "PRAGMA integrity_check")[0][0], "ok");
+    let in_backup: std::collections::HashSet<String> = query(&dest, "SELECT uid FROM sessions")
+        .into_iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect();
+    let missing: Vec<&String> = before
+        .iter()
+        .filter(|id| !in_backup.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes missing from the backup, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    // No temporary file is left beside the backup.
+    let leftovers: Vec<_> = std::fs::read_dir(server.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn restore_is_refused_while_serving_and_then_brings_the_backup_back() {
+    let dir = Arc::new(TempDir::new());
+    let server = Server::start_in(dir.clone(), Opts::default());
+    let kept = create_share(&server, &json!({}));
+    let backup = dir.path().join("snapshot.db");
+    let db = server.db.clone();
+    assert!(
+        run(&[
+            "backup",
+            backup.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    let lost = create_share(&server, &json!({}));
+    // A second server, or a restore, on a database in use is refused.
+    let second = Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use by a running sessiond"));
+    let refused = run(&[
+        "restore",
+        backup.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stop it first"));
+    drop(server);
+    // A stale WAL beside the database must not survive the restore.
+    std::fs::write(db.with_extension("db-wal"), b"stale").unwrap();
+    let restored = run(&[
+        "restore",
+        backup.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert!(!db.with_extension("db-wal").exists());
+    let server = Server::start_in(dir.clone(), Opts::default());
+    server
+        .get_auth(&format!("/sessions/{}", kept.id), &kept.owner_token)
+        .expect(200);
+    server
+        .get_auth(&format!("/sessions/{}", lost.id), &lost.owner_token)
+        .expect(404);
+    drop(server);
+    // A file that is not a sound database is refused.
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"not a database at all").unwrap();
+    assert_eq!(
+        run(&[
+            "restore",
+            junk.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap()
+        ])
+        .status
+        .code(),
+        Some(1)
+    );
+    assert_eq!(
+        run(&["restore", "--db", db.to_str().unwrap()])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn scheduled_backups_rotate_and_are_counted() {
+    let dir = Arc::new(TempDir::new());
+    let backups = dir.path().join("backups");
+    let server = Server::start_in(
+        dir.clone(),
+        Opts::default()
+            .arg("--backup-dir", backups.to_str().unwrap())
+            .arg("--backup-every", "300ms")
+            .arg("--backup-keep", "2"),
+    );
+    create_share(&server, &json!({}));
+    assert!(eventually(Duration::from_secs(10), || {
+        let text = server.get("/metrics").text();
+        text.lines().any(|l| {
+            l.starts_with("sessiond_backups_total{outcome=\"ok\"}")
+                && l.split(' ').nth(1).unwrap().parse::<u64>().unwrap() >= 3
+        })
+    }));
+    let files: Vec<_> = std::fs::read_dir(&backups)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    assert!(!files.is_empty() && files.len() <= 2, "{files:?}");
+    for f in &files {
+        assert_eq!(query(f, "PRAGMA integrity_check")[0][0], "ok");
+        assert_eq!(query(f, "SELECT count(*) FROM shares")[0][0], 1);
+    }
+}
+
+/// Checks that every line is a comment or `name{labels} value` and returns the value of `series`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            assert!(
+                line.is_empty() || line.starts_with("# HELP ") || line.starts_with("# TYPE "),
+                "bad comment {line:?}"
+            );
+            continue;
+        }
+        let (name, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let bare = name.split('{').next().unwrap();
+        assert!(
+            bare.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'),
+            "bad name in {line:?}"
+        );
+        assert!(
+            !name.contains('{') || name.ends_with('}'),
+            "bad labels in {line:?}"
+        );
+        if name == series {
+            return Some(value);
+        }
+    }
+    None
+}
+
+#[test]
+fn metrics_parse_and_move_with_requests() {
+    let server = Server::start();
+    let text = server.get("/metrics");
+    assert_eq!(
+        text.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = text.text();
+    let healthz = "sessiond_http_requests_total{route=\"/healthz\",status=\"200\"}";
+    let before = metric(&text, healthz).unwrap_or(0.0);
+    for _ in 0..3 {
+        server.get("/healthz").expect(200);
+    }
+    let s = create_share(&server, &json!({}));
+    admit(
+        &server,
+        &s.slug,
+        &json!({ "viewerId": "m1", "ip": "10.0.0.1", "path": "/" }),
+    );
+    server.get("/nowhere").expect(404);
+    let text = server.get("/metrics").text();
+    assert_eq!(metric(&text, healthz), Some(before + 3.0));
+    assert_eq!(
+        metric(
+            &text,
+            "sessiond_http_requests_total{route=\"/sessions\",status=\"201\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "sessiond_http_requests_total{route=\"-\",status=\"404\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "sessiond_sessions{dialect=\"share\",status=\"active\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&text, "sessiond_live_viewers"), Some(1.0));
+    assert!(metric(&text, "sessiond_writer_commits_total").unwrap() >= 1.0);
+    assert!(metric(&text, "sessiond_http_request_duration_seconds_count").unwrap() >= 6.0);
+    assert!(metric(&text, "sessiond_writer_batch_size_max").unwrap() >= 1.0);
+}
+
+#[test]
+fn healthcheck_exits_zero_only_against_a_ready_server() {
+    let server = Server::start();
+    let ok = run(&["healthcheck", "--listen", &server.addr]);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let port = server.addr.rsplit_once(':').unwrap().1.to_string();
+    drop(server);
+    let down = run(&["healthcheck", "--listen", &format!("127.0.0.1:{port}")]);
+    assert_eq!(down.status.code(), Some(1));
+    assert_eq!(run(&["healthcheck", "extra"]).status.code(), Some(2));
+}
+
+/// The release build of `packaging/build-static.sh`: static, small, and it serves.
+#[test]
+fn the_static_binary_the_systemd_unit_and_the_debian_package() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("bash")
+        .arg(format!("{root}/packaging/build-static.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build-static.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let binary = format!(
+        "{root}/{}",
+        String::from_utf8_lossy(&out.stdout).lines().last().unwrap()
+    );
+    let file = Command::new("file")
+        .arg(&binary)
+        .output()
+        .expect("the file command");
+    let described = String::from_utf8_lossy(&file.stdout);
+    assert!(
+        described.contains("statically linked") || described.contains("static-pie linked"),
+        "{described}"
+    );
+    let size = std::fs::metadata(&binary).unwrap().len();
+    assert!(size < 15 * 1024 * 1024, "{size} bytes");
+    // It serves: start it like the suite starts the debug build.
+    let dir = TempDir::new();
+    let mut child = Command::new(&binary)
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("s.db"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let addr = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("sessiond: listening on http://")
+                .map(str::to_string)
+        })
+        .expect("the static binary started");
+    assert_eq!(request(&addr, "GET", "/readyz", &[], None).status, 200);
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(wait_timeout(&mut child, Duration::from_secs(20)).is_some_and(|s| s.success()));
+
+    // systemd accepts the unit (pointed at this binary), where systemd is installed.
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        let unit = std::fs::read_to_string(format!("{root}/packaging/sessiond.service"))
+            .unwrap()
+            .replace("/usr/bin/sessiond", &binary);
+        let path = dir.path().join("sessiond.service");
+        std::fs::write(&path, unit).unwrap();
+        let verify = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let complaints = String::from_utf8_lossy(&verify.stderr);
+        assert!(
+            verify.status.success() && !complaints.contains("sessiond.service:"),
+            "systemd-analyze verify:\n{complaints}"
+        );
+    } else {
+        eprintln!("SKIPPED systemd-analyze verify: systemd is not installed here");
+    }
+
+    // The Debian package holds the binary, the unit and the environment file.
+    let deb_dir = dir.path().join("deb");
+    let deb = Command::new("bash")
+        .arg(format!("{root}/packaging/build-deb.sh"))
+        .arg(&binary)
+        .arg(&deb_dir)
+        .output()
+        .unwrap();
+    assert!(
+        deb.status.success(),
+        "build-deb.sh failed: {}",
+        String::from_utf8_lossy(&deb.stderr)
+    );
+    let deb_path = String::from_utf8_lossy(&deb.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let contents = Command::new("dpkg-deb")
+        .args(["--contents", &deb_path])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&contents.stdout);
+    for f in [
+        "./usr/bin/sessiond",
+        "./lib/systemd/system/sessiond.service",
+        "./etc/sessiond/sessiond.env",
+    ] {
+        assert!(
+            listing.contains(f),
+            "{f} missing from the package:\n{listing}"
+        );
+    }
+    let info = Command::new("dpkg-deb")
+        .args(["--info", &deb_path])
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains("Package: sessiond")
+            && info.contains("postinst")
+            && info.contains("conffiles"),
+        "{info}"
+    );
+}
+
+#[test]
+fn the_environment_file_and_the_readme_document_every_setting() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let env_file = std::fs::read_to_string(format!("{root}/packaging/sessiond.env")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let dump = run(&["config", "--dump"]);
+    assert!(dump.status.success());
+    let names: Vec<String> = String::from_utf8_lossy(&dump.stdout)
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    assert!(names.len() >= 20, "{names:?}");
+    for name in names {
+        let var = format!("SESSIOND_{}", name.to_uppercase());
+        assert!(
+            env_file.contains(&var),
+            "{var} is not in packaging/sessiond.env"
+        );
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "{name} is not in the README's settings table"
+        );
+    }
+}
