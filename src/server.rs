@@ -99,6 +99,11 @@ impl Req {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A query parameter that is present and not empty (`?status=` means no filter).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query(name).filter(|v| !v.is_empty())
+    }
+
     pub fn client_ip_string(&self) -> Option<String> {
         self.client_ip.map(|ip| ip.to_string())
     }

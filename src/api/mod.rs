@@ -153,6 +153,28 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The `limit` query parameter: 1 to 500, `default` when absent.
+pub fn limit_param(req: &Req, default: usize) -> Result<usize> {
+    match req.param("limit") {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| Error::bad_request("limit must be between 1 and 500")),
+    }
+}
+
+/// The `cursor` query parameter: the position after which a listing goes on.
+pub fn cursor_param(req: &Req) -> Result<Option<i64>> {
+    req.param("cursor")
+        .map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| Error::bad_request("cursor is not valid"))
+        })
+        .transpose()
+}
+
 /// A usable credential of one of `kinds` for the bearer token, if any.
 pub fn credential(ctx: &Ctx, token: &str, kinds: &[CredentialKind]) -> Result<Option<Credential>> {
     let found = ctx.db.credential_by_hash(&auth::token_hash(token))?;

@@ -9,12 +9,13 @@
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::{Fields, Principal, credential, json_object, principal};
+use super::{Fields, Principal, credential, cursor_param, json_object, limit_param, principal};
 use crate::auth;
 use crate::db::accounts::{CredentialKind, NewKey};
+use crate::db::audit::AuditQuery;
 use crate::db::runtime::{
-    self, EventFilter, NewRuntimeSession, NewRuntimeWorkspace, Report, RuntimeFilter,
-    RuntimeSession, RuntimeWorkspace,
+    self, NewRuntimeSession, NewRuntimeWorkspace, Report, RuntimeFilter, RuntimeSession,
+    RuntimeWorkspace,
 };
 use crate::db::{audit, workspaces as ws_db};
 use crate::domain::time::{Millis, parse_rfc3339, rfc3339};
@@ -238,36 +239,14 @@ fn strip_userinfo(url: &str) -> String {
 pub fn list_sessions(ctx: &Ctx, req: &Req) -> Result<Resp> {
     let p = caller(ctx, req)?;
     p.require_scope("sessions.read")?;
-    let limit = match req.query("limit") {
-        None | Some("") => 50,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| Error::bad_request("limit must be between 1 and 500"))?,
-    };
-    let before = match req.query("cursor") {
-        None | Some("") => None,
-        Some(v) => Some(
-            v.parse::<i64>()
-                .map_err(|_| Error::bad_request("cursor is not valid"))?,
-        ),
-    };
+    let limit = limit_param(req, 50)?;
+    let before = cursor_param(req)?;
     let filter = RuntimeFilter {
         account_id: p.account_id,
         fresh_since: stale_cutoff(ctx),
-        status: req
-            .query("status")
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
-        session_type: req
-            .query("session_type")
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
-        workspace_uid: req
-            .query("workspace_id")
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
+        status: req.param("status").map(str::to_string),
+        session_type: req.param("session_type").map(str::to_string),
+        workspace_uid: req.param("workspace_id").map(str::to_string),
         before,
         limit,
     };
@@ -622,14 +601,7 @@ pub fn audit_events(ctx: &Ctx, req: &Req) -> Result<Resp> {
             .filter(|s| !s.is_empty())
             .map(str::to_string)
     };
-    let limit = match req.query("limit") {
-        None | Some("") => 100,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| Error::bad_request("limit must be between 1 and 500"))?,
-    };
+    let limit = limit_param(req, 100)?;
     let success = match req.query("status") {
         None | Some("") => None,
         Some("success") => Some(true),
@@ -649,7 +621,7 @@ pub fn audit_events(ctx: &Ctx, req: &Req) -> Result<Resp> {
             ),
         },
     };
-    let filter = EventFilter {
+    let filter = AuditQuery {
         account_id: p.account_id,
         action: q("action"),
         resource_type: q("resource_type"),
@@ -658,10 +630,11 @@ pub fn audit_events(ctx: &Ctx, req: &Req) -> Result<Resp> {
         before_row,
         before_time,
         limit,
+        ..AuditQuery::default()
     };
     let events: Vec<Value> = ctx
         .db
-        .audit_events(&filter)?
+        .audit(&filter)?
         .into_iter()
         .map(|r| {
             json!({

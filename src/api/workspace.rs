@@ -7,10 +7,11 @@
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{Fields, Principal, json_object, principal};
+use super::{Fields, Principal, cursor_param, json_object, limit_param, principal};
 use crate::auth;
+use crate::db::audit::AuditQuery;
 use crate::db::users::{self, NewUser, User};
-use crate::db::workspaces::{self, AuditFilter, NewSession, SessionFilter, WorkspaceSession};
+use crate::db::workspaces::{self, NewSession, SessionFilter, WorkspaceSession};
 use crate::db::{Writer, audit};
 use crate::domain::time::{Millis, parse_rfc3339, rfc3339};
 use crate::domain::workspace::{
@@ -949,25 +950,6 @@ pub fn heartbeat(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
     ok(json!({ "message": "Heartbeat received", "last_activity_at": rfc3339(now) }))
 }
 
-/// `limit` and `cursor` of a listing; the cursor is the last row's position, opaque to clients.
-fn paging(req: &Req, default: usize) -> Result<(usize, Option<i64>)> {
-    let limit = match req.query("limit") {
-        None => default,
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=500).contains(&n) => n,
-            _ => return Err(Error::bad_request("limit must be between 1 and 500")),
-        },
-    };
-    let cursor = match req.query("cursor") {
-        None | Some("") => None,
-        Some(v) => Some(
-            v.parse::<i64>()
-                .map_err(|_| Error::bad_request("cursor is not valid"))?,
-        ),
-    };
-    Ok((limit, cursor))
-}
-
 /// A bare JSON list, with `X-Next-Cursor` when a further page may exist.
 fn page<T: Serialize>(items: &[T], limit: usize, last: Option<i64>) -> Result<Resp> {
     let resp = Resp::json(200, items);
@@ -982,7 +964,7 @@ pub fn admin_sessions(ctx: &Ctx, req: &Req) -> Result<Resp> {
     let p = principal(ctx, req, None)?;
     require_admin(&p)?;
     p.require_scope("sessions.read")?;
-    let (limit, before) = paging(req, 100)?;
+    let (limit, before) = (limit_param(req, 100)?, cursor_param(req)?);
     let status = match req.query("status") {
         None | Some("") => None,
         Some(s @ ("active" | "disconnected" | "terminated")) => Some(s.to_string()),
@@ -995,14 +977,8 @@ pub fn admin_sessions(ctx: &Ctx, req: &Req) -> Result<Resp> {
     let filter = SessionFilter {
         account_id: p.account_id,
         status,
-        user_uid: req
-            .query("user_id")
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
-        workspace_uid: req
-            .query("workspace_id")
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
+        user_uid: req.param("user_id").map(str::to_string),
+        workspace_uid: req.param("workspace_id").map(str::to_string),
         before,
         limit,
         ..SessionFilter::default()
@@ -1029,7 +1005,7 @@ pub fn admin_action(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
 pub fn audit_logs(ctx: &Ctx, req: &Req) -> Result<Resp> {
     let p = principal(ctx, req, None)?;
     p.require_scope("audit.read")?;
-    let (limit, before) = paging(req, 100)?;
+    let (limit, before) = (limit_param(req, 100)?, cursor_param(req)?);
     let time = |name: &str| -> Result<Option<Millis>> {
         match req.query(name) {
             None | Some("") => Ok(None),
@@ -1038,23 +1014,21 @@ pub fn audit_logs(ctx: &Ctx, req: &Req) -> Result<Resp> {
                 .ok_or_else(|| Error::bad_request(format!("{name} must be an RFC 3339 time"))),
         }
     };
-    let filter = AuditFilter {
+    let filter = AuditQuery {
         account_id: p.account_id,
         actor_user: if p.is_admin() {
             None
         } else {
             p.user.as_ref().map(|u| u.uid.clone())
         },
-        action: req
-            .query("action")
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
+        action: req.param("action").map(str::to_string),
         since: time("since")?,
         until: time("until")?,
-        before,
+        before_row: before,
         limit,
+        ..AuditQuery::default()
     };
-    let rows = ctx.db.audit_rows(&filter)?;
+    let rows = ctx.db.audit(&filter)?;
     let views: Vec<Value> = rows
         .iter()
         .map(|r| {

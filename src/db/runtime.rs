@@ -120,18 +120,6 @@ pub struct AccountRow {
     pub created_at: Millis,
 }
 
-#[derive(Default)]
-pub struct EventFilter {
-    pub account_id: i64,
-    pub action: Option<String>,
-    pub resource_type: Option<String>,
-    pub resource_id: Option<String>,
-    pub success: Option<bool>,
-    pub before_row: Option<i64>,
-    pub before_time: Option<Millis>,
-    pub limit: usize,
-}
-
 impl Reader {
     pub fn runtime_session(
         &self,
@@ -312,42 +300,6 @@ impl Reader {
             .prepare_cached("SELECT id FROM audit WHERE uid = ?1 AND account_id = ?2")?
             .query_row(params![uid, account_id], |r| r.get(0))
             .optional()?)
-    }
-
-    pub fn audit_events(&self, f: &EventFilter) -> Result<Vec<super::workspaces::AuditRow>> {
-        let rows = self
-            .conn
-            .prepare_cached(
-                "SELECT id, uid, actor_type, actor_id, actor_email, action, resource_type, resource_id,
-                        status = 'success', summary, metadata, ip, created_at
-                 FROM audit
-                 WHERE account_id = ?1 AND (?2 IS NULL OR action = ?2) AND (?3 IS NULL OR resource_type = ?3)
-                   AND (?4 IS NULL OR resource_id = ?4) AND (?5 IS NULL OR (status = 'success') = ?5)
-                   AND (?6 IS NULL OR id < ?6) AND (?7 IS NULL OR created_at < ?7)
-                 ORDER BY id DESC LIMIT ?8",
-            )?
-            .query_map(
-                params![f.account_id, f.action, f.resource_type, f.resource_id, f.success, f.before_row, f.before_time, f.limit as i64],
-                |r| {
-                    Ok(super::workspaces::AuditRow {
-                        row_id: r.get(0)?,
-                        id: r.get(1)?,
-                        actor_type: r.get(2)?,
-                        actor_id: r.get(3)?,
-                        actor_email: r.get(4)?,
-                        action: r.get(5)?,
-                        resource_type: r.get(6)?,
-                        resource_id: r.get(7)?,
-                        success: r.get(8)?,
-                        summary: r.get(9)?,
-                        metadata: r.get(10)?,
-                        ip: r.get(11)?,
-                        created_at: r.get(12)?,
-                    })
-                },
-            )?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
     }
 
     /// Live runtime sessions whose daemon stopped reporting before `cutoff`: (row, uid, account).

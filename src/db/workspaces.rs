@@ -93,35 +93,6 @@ pub struct SessionFilter {
     pub limit: usize,
 }
 
-/// One audit row with the names the NeoSC dialect shows.
-pub struct AuditRow {
-    pub row_id: i64,
-    pub id: String,
-    pub actor_type: String,
-    pub actor_id: Option<String>,
-    pub actor_email: Option<String>,
-    pub action: String,
-    pub resource_type: Option<String>,
-    pub resource_id: Option<String>,
-    pub success: bool,
-    pub summary: String,
-    pub metadata: String,
-    pub ip: Option<String>,
-    pub created_at: Millis,
-}
-
-#[derive(Default)]
-pub struct AuditFilter {
-    pub account_id: i64,
-    /// Only rows whose actor is this user (uid).
-    pub actor_user: Option<String>,
-    pub action: Option<String>,
-    pub since: Option<Millis>,
-    pub until: Option<Millis>,
-    pub before: Option<i64>,
-    pub limit: usize,
-}
-
 impl Reader {
     pub fn workspaces(&self, account_id: i64) -> Result<Vec<Workspace>> {
         let sql = format!(
@@ -203,42 +174,6 @@ impl Reader {
             .conn
             .prepare_cached("SELECT count(*) FROM sessions WHERE account_id = ?1 AND dialect = 'workspace' AND status = 'active'")?
             .query_row([account_id], |r| r.get(0))?)
-    }
-
-    pub fn audit_rows(&self, f: &AuditFilter) -> Result<Vec<AuditRow>> {
-        let rows = self
-            .conn
-            .prepare_cached(
-                "SELECT id, uid, actor_type, actor_id, actor_email, action, resource_type, resource_id,
-                        status = 'success', summary, metadata, ip, created_at
-                 FROM audit
-                 WHERE account_id = ?1 AND (?2 IS NULL OR (actor_type = 'user' AND actor_id = ?2))
-                   AND (?3 IS NULL OR action = ?3) AND (?4 IS NULL OR created_at >= ?4)
-                   AND (?5 IS NULL OR created_at <= ?5) AND (?6 IS NULL OR id < ?6)
-                 ORDER BY id DESC LIMIT ?7",
-            )?
-            .query_map(
-                params![f.account_id, f.actor_user, f.action, f.since, f.until, f.before, f.limit as i64],
-                |r| {
-                    Ok(AuditRow {
-                        row_id: r.get(0)?,
-                        id: r.get(1)?,
-                        actor_type: r.get(2)?,
-                        actor_id: r.get(3)?,
-                        actor_email: r.get(4)?,
-                        action: r.get(5)?,
-                        resource_type: r.get(6)?,
-                        resource_id: r.get(7)?,
-                        success: r.get(8)?,
-                        summary: r.get(9)?,
-                        metadata: r.get(10)?,
-                        ip: r.get(11)?,
-                        created_at: r.get(12)?,
-                    })
-                },
-            )?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
     }
 
     /// Live workspace sessions past their workspace's idle timeout: (row, uid, account, user).
