@@ -117,6 +117,17 @@ fn session_info<'a>(ctx: &Ctx, s: &'a RuntimeSession) -> SessionInfo<'a> {
     }
 }
 
+/// `session_type`: browser (the default) or sandbox.
+fn session_type(f: &Fields) -> Result<String> {
+    match f.str("session_type")? {
+        None => Ok("browser".to_string()),
+        Some(t) if SESSION_TYPES.contains(&t) => Ok(t.to_string()),
+        Some(_) => Err(Error::bad_request(
+            "session_type must be \"browser\" or \"sandbox\"",
+        )),
+    }
+}
+
 fn stale_cutoff(ctx: &Ctx) -> Millis {
     ctx.now - ctx.cfg().snapshot_stale_after + 1
 }
@@ -135,15 +146,7 @@ pub fn create_session(ctx: &Ctx, req: &Req) -> Result<Resp> {
         })?;
     let body = json_object(req)?;
     let f = Fields::new(&body);
-    let session_type = match f.str("session_type")? {
-        None => "browser".to_string(),
-        Some(t) if SESSION_TYPES.contains(&t) => t.to_string(),
-        Some(_) => {
-            return Err(Error::bad_request(
-                "session_type must be \"browser\" or \"sandbox\"",
-            ));
-        }
-    };
+    let session_type = session_type(&f)?;
     let workspace_name = f.str("workspace")?.map(str::trim).filter(|s| !s.is_empty());
     let ephemeral = f.bool("ephemeral")?.unwrap_or(workspace_name.is_none());
     let image = f.str("image")?.map(str::to_string);
@@ -457,15 +460,7 @@ pub fn create_workspace(ctx: &Ctx, req: &Req) -> Result<Resp> {
     p.require_scope("workspaces.write")?;
     let body = json_object(req)?;
     let f = Fields::new(&body);
-    let session_type = match f.str("session_type")? {
-        None => "browser".to_string(),
-        Some(t) if SESSION_TYPES.contains(&t) => t.to_string(),
-        Some(_) => {
-            return Err(Error::bad_request(
-                "session_type must be \"browser\" or \"sandbox\"",
-            ));
-        }
-    };
+    let session_type = session_type(&f)?;
     let uid = format!("ws-{}", auth::random_hex(8));
     let name = match f.str("name")?.map(str::trim) {
         Some(n) if n.len() > 200 => {
