@@ -17,9 +17,13 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Request counters are sharded by worker so that workers never contend for a lock; a scrape
+/// merges the shards.
+const SHARDS: usize = 32; // arrays up to 32 implement Default
+
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    requests: [Mutex<BTreeMap<(&'static str, u16), u64>>; SHARDS],
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_micros: AtomicU64,
@@ -37,9 +41,10 @@ pub struct Snapshot<'a> {
 }
 
 impl Metrics {
-    pub fn observe_request(&self, route: &'static str, status: u16, seconds: f64) {
-        *self
-            .requests
+    /// Counts one request; `worker` picks the counter shard.
+    pub fn observe_request(&self, worker: usize, route: &'static str, status: u16, seconds: f64) {
+        let shard = &self.requests[worker % SHARDS];
+        *shard
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry((route, status))
@@ -73,12 +78,13 @@ impl Metrics {
             "counter",
             "HTTP requests by route template and status.",
         );
-        for ((route, status), count) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        let mut requests: BTreeMap<(&'static str, u16), u64> = BTreeMap::new();
+        for shard in &self.requests {
+            for (key, count) in shard.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                *requests.entry(*key).or_default() += count;
+            }
+        }
+        for ((route, status), count) in &requests {
             t.line(format!(
                 "{n}{{route=\"{}\",status=\"{status}\"}} {count}",
                 escape(route)
@@ -221,8 +227,8 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::default();
-        m.observe_request("/sessions", 201, 0.002);
-        m.observe_request("/sessions", 201, 0.2);
+        m.observe_request(0, "/sessions", 201, 0.002);
+        m.observe_request(1, "/sessions", 201, 0.2);
         m.reaped("session.expired", 3);
         let stats = WriterStats::default();
         let text = m.render(&Snapshot {

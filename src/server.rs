@@ -211,7 +211,7 @@ pub fn serve(cfg: Config) -> Result<i32> {
         let (app, server, fatal) = (app.clone(), server.clone(), fatal.clone());
         let worker = std::thread::Builder::new()
             .name(format!("worker-{i}"))
-            .spawn(move || work(&app, &server, &reader, &fatal))?;
+            .spawn(move || work(i, &app, &server, &reader, &fatal))?;
         workers.push(worker);
     }
     let reaper = reaper::start(app.clone(), Reader::open(&app.cfg.db)?)?;
@@ -308,10 +308,10 @@ fn listener_alive(mut addr: std::net::SocketAddr) -> bool {
     }
 }
 
-fn work(app: &App, server: &tiny_http::Server, db: &Reader, fatal: &AtomicBool) {
+fn work(worker: usize, app: &App, server: &tiny_http::Server, db: &Reader, fatal: &AtomicBool) {
     while !app.stopping.load(Ordering::SeqCst) {
         match server.recv_timeout(Duration::from_millis(100)) {
-            Ok(Some(request)) => handle(app, db, request),
+            Ok(Some(request)) => handle(worker, app, db, request),
             Ok(None) => {}
             Err(e) => {
                 // tiny_http's accept loop has ended; this process would never accept again.
@@ -325,7 +325,7 @@ fn work(app: &App, server: &tiny_http::Server, db: &Reader, fatal: &AtomicBool) 
     }
 }
 
-fn handle(app: &App, db: &Reader, mut request: tiny_http::Request) {
+fn handle(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Request) {
     let started = Instant::now();
     let request_id = request_id(app, &request);
     let method = request.method().as_str().to_ascii_uppercase();
@@ -393,7 +393,7 @@ fn handle(app: &App, db: &Reader, mut request: tiny_http::Request) {
     let status = resp.status;
     let bytes = resp.body.len();
     app.metrics
-        .observe_request(route, status, started.elapsed().as_secs_f64());
+        .observe_request(worker, route, status, started.elapsed().as_secs_f64());
     let mut response = tiny_http::Response::from_data(resp.body).with_status_code(status);
     for (name, value) in std::iter::once(("Content-Type", resp.content_type.to_string()))
         .chain(std::iter::once(("X-Request-Id", request_id.clone())))

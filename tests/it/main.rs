@@ -2,6 +2,7 @@
 //! real SQLite file in a temporary directory.
 
 mod admission;
+mod bench;
 mod lifecycle;
 mod ops;
 mod runtime;

@@ -1,0 +1,544 @@
+//! The benchmark (issue 6): figures, not assertions. Runs only with `SESSIOND_BENCH=1`:
+//!
+//! ```sh
+//! SESSIOND_BENCH=1 cargo test --release --test it bench -- --nocapture --test-threads=1
+//! ```
+//!
+//! In one run on one machine it measures floors — tiny_http alone answering a constant, tiny_http with
+//! one SQLite primary-key lookup per request, SQLite committing one row per fsync — and then the real
+//! sessiond (this build's binary) on a database preloaded with `SESSIOND_BENCH_N` share sessions
+//! (default 100,000), driven by `SESSIOND_BENCH_CONNS` keep-alive connections (default 64) for
+//! `SESSIOND_BENCH_SECS` seconds per probe (default 5). It prints req/s, p50/p99 latency, ratios to
+//! the floors, RSS with 10,000 live viewers, and read latency during a mass-expiry sweep.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use blake2::{Blake2b256, Digest};
+use serde_json::json;
+
+use crate::support::*;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Figures {
+    name: String,
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+}
+
+/// Drives `addr` from `conns` keep-alive connections for `secs`; `make(conn, i)` builds request i.
+fn drive(
+    addr: &str,
+    conns: usize,
+    secs: f64,
+    make: Arc<dyn Fn(usize, u64) -> Vec<u8> + Send + Sync>,
+) -> Figures {
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..conns)
+        .map(|c| {
+            let (stop, errors, make, addr) =
+                (stop.clone(), errors.clone(), make.clone(), addr.to_string());
+            std::thread::spawn(move || {
+                let mut latencies = Vec::with_capacity(100_000);
+                let stream = TcpStream::connect(&addr).unwrap();
+                stream.set_nodelay(true).unwrap();
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut i = 0u64;
+                let mut body = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let req = make(c, i);
+                    i += 1;
+                    let t = Instant::now();
+                    if writer.write_all(&req).is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    let ok = line.split(' ').nth(1).is_some_and(|s| s.starts_with('2'));
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        reader.read_line(&mut h).unwrap();
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    body.resize(len, 0);
+                    reader.read_exact(&mut body).unwrap();
+                    latencies.push(t.elapsed().as_micros() as u32);
+                    if !ok {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    let mut all: Vec<u32> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as u64
+    };
+    Figures {
+        name: String::new(),
+        rps: all.len() as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+fn get(path: &str, auth: Option<&str>) -> Vec<u8> {
+    let auth = auth
+        .map(|a| format!("Authorization: Bearer {a}\r\n"))
+        .unwrap_or_default();
+    format!("GET {path} HTTP/1.1\r\nHost: b\r\n{auth}\r\n").into_bytes()
+}
+
+fn post(path: &str, auth: Option<&str>, body: &str) -> Vec<u8> {
+    let auth = auth
+        .map(|a| format!("Authorization: Bearer {a}\r\n"))
+        .unwrap_or_default();
+    format!("POST {path} HTTP/1.1\r\nHost: b\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// A tiny_http server in this process: `answer` runs per request on one of `threads` workers.
+fn floor_server(
+    threads: usize,
+    answer: Arc<dyn Fn(&rusqlite::Connection) -> String + Send + Sync>,
+    db: Option<std::path::PathBuf>,
+) -> (String, Arc<AtomicBool>) {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let addr = server.server_addr().to_ip().unwrap().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    for _ in 0..threads {
+        let (server, stop, answer, db) = (server.clone(), stop.clone(), answer.clone(), db.clone());
+        std::thread::spawn(move || {
+            let conn = match &db {
+                Some(p) => rusqlite::Connection::open_with_flags(
+                    p,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .unwrap(),
+                None => rusqlite::Connection::open_in_memory().unwrap(),
+            };
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(Some(rq)) = server.recv_timeout(Duration::from_millis(100)) {
+                    let body = answer(&conn);
+                    let resp = tiny_http::Response::from_string(body).with_header(
+                        tiny_http::Header::from_bytes(
+                            &b"Content-Type"[..],
+                            &b"application/json"[..],
+                        )
+                        .unwrap(),
+                    );
+                    let _ = rq.respond(resp);
+                }
+            }
+        });
+    }
+    (addr, stop)
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// Cheap per-thread pseudo-random numbers for picking targets (not for secrets).
+fn pick(seed: u64, i: u64, n: u64) -> u64 {
+    let mut x = seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x % n
+}
+
+#[test]
+fn bench() {
+    if std::env::var("SESSIOND_BENCH").as_deref() != Ok("1") {
+        eprintln!("bench: skipped (set SESSIOND_BENCH=1; see the README's Benchmark section)");
+        return;
+    }
+    let n = env_num("SESSIOND_BENCH_N", 100_000);
+    let conns = env_num("SESSIOND_BENCH_CONNS", 64) as usize;
+    let secs = env_num("SESSIOND_BENCH_SECS", 5) as f64;
+    let threads = std::thread::available_parallelism()
+        .map(|p| p.get() * 8)
+        .unwrap_or(16)
+        .max(8);
+    let mut results: Vec<Figures> = Vec::new();
+    let mut record = |name: &str, mut f: Figures| {
+        f.name = name.to_string();
+        eprintln!(
+            "  {:<44} {:>9.0} req/s  p50 {:>6} µs  p99 {:>7} µs  non-2xx {}",
+            f.name, f.rps, f.p50_us, f.p99_us, f.errors
+        );
+        results.push(f);
+    };
+
+    // The database: schema and admin from a first start, then n share sessions with known tokens.
+    let dir = Arc::new(TempDir::new());
+    let db = dir.path().join("sessiond.db");
+    drop(Server::start_in(dir.clone(), Opts::default()));
+    let api_key = cli_key(&db, &["--name", "bench"]);
+    let load = Instant::now();
+    {
+        let mut conn = rusqlite::Connection::open(&db).unwrap();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut s = tx.prepare("INSERT INTO sessions (uid, dialect, account_id, status, created_at, expires_at) VALUES (?1, 'share', 1, 'active', ?2, ?3)").unwrap();
+            let mut sh = tx.prepare("INSERT INTO shares (session_id, slug, owner_token_hash, auth_mode, policy_max_viewers) VALUES (?1, ?2, ?3, 'none', 1000)").unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64;
+            for i in 0..n {
+                s.execute(rusqlite::params![
+                    format!("sess_bench{i:027}"),
+                    now,
+                    now + 86_400_000
+                ])
+                .unwrap();
+                let id = tx.last_insert_rowid();
+                let token = format!("benchtoken{i:022}");
+                let hash: [u8; 32] = Blake2b256::digest(token.as_bytes()).into();
+                sh.execute(rusqlite::params![id, format!("bench-slug-{i}"), &hash[..]])
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    eprintln!(
+        "bench: {n} share sessions loaded in {:.1} s; {conns} connections, {secs} s per probe, {threads} server threads",
+        load.elapsed().as_secs_f64()
+    );
+
+    // Floors, in this process, on the same machine and in the same run.
+    eprintln!("floors:");
+    let (addr, stop) = floor_server(
+        threads,
+        Arc::new(|_| r#"{"status":"ok","session":"constant"}"#.to_string()),
+        None,
+    );
+    record(
+        "tiny_http, constant JSON",
+        drive(&addr, conns, secs, Arc::new(|_, _| get("/x", None))),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let seed = rand_u64();
+    let nn = n;
+    let (addr, stop) = floor_server(
+        threads,
+        Arc::new(move |conn| {
+            let id = (pick(seed, rand_u64(), nn) + 1) as i64;
+            let (uid, status): (String, String) = conn
+                .prepare_cached("SELECT uid, status FROM sessions WHERE id = ?1")
+                .unwrap()
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap();
+            format!(r#"{{"id":"{uid}","status":"{status}"}}"#)
+        }),
+        Some(db.clone()),
+    );
+    record(
+        "tiny_http + SQLite primary-key lookup",
+        drive(&addr, conns, secs, Arc::new(|_, _| get("/x", None))),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let fsync = {
+        let path = dir.path().join("fsync.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);").unwrap();
+        let started = Instant::now();
+        let mut count = 0u64;
+        while started.elapsed().as_secs_f64() < secs.min(3.0) {
+            conn.execute("INSERT INTO t (v) VALUES ('x')", []).unwrap();
+            count += 1;
+        }
+        count as f64 / started.elapsed().as_secs_f64()
+    };
+    eprintln!(
+        "  {:<44} {:>9.0} commits/s",
+        "SQLite one-row commit, WAL, synchronous=FULL", fsync
+    );
+
+    // sessiond itself.
+    let server = Server::start_in(
+        dir.clone(),
+        Opts::default()
+            .arg("--anonymous-share-rate", "0")
+            .arg("--threads", &threads.to_string())
+            .arg("--reap-interval", "1s")
+            .env(
+                "RUST_LOG",
+                &std::env::var("SESSIOND_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+            ),
+    );
+    let addr = server.addr.clone();
+    let pid = server.pid();
+    let token = login_token(&server);
+    let runtime_ids: Arc<Vec<String>> = Arc::new(
+        (0..500)
+            .map(|_| {
+                server
+                    .post_auth("/v1/sessions", &api_key, &json!({}))
+                    .expect(201)["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect(),
+    );
+    eprintln!("sessiond (RSS after start: {} MiB):", rss_kib(pid) / 1024);
+    record(
+        "GET /healthz (no database)",
+        drive(&addr, conns, secs, Arc::new(|_, _| get("/healthz", None))),
+    );
+    record(
+        "POST /sessions",
+        drive(
+            &addr,
+            conns,
+            secs,
+            Arc::new(|_, _| post("/sessions", None, "{}")),
+        ),
+    );
+    let s2 = seed;
+    record(
+        "GET /sessions/:id (owner bearer)",
+        drive(
+            &addr,
+            conns,
+            secs,
+            Arc::new(move |c, i| {
+                let k = pick(s2 ^ c as u64, i, nn);
+                get(
+                    &format!("/sessions/sess_bench{k:027}"),
+                    Some(&format!("benchtoken{k:022}")),
+                )
+            }),
+        ),
+    );
+    record(
+        "GET /sessions/by-slug/:slug",
+        drive(
+            &addr,
+            conns,
+            secs,
+            Arc::new(move |c, i| {
+                get(
+                    &format!(
+                        "/sessions/by-slug/bench-slug-{}",
+                        pick(s2 ^ c as u64, i, nn)
+                    ),
+                    None,
+                )
+            }),
+        ),
+    );
+    record(
+        "POST /internal/.../admit",
+        drive(
+            &addr,
+            conns,
+            secs,
+            Arc::new(move |c, i| {
+                let k = pick(s2 ^ c as u64, i, nn);
+                post(
+                    &format!("/internal/sessions/by-slug/bench-slug-{k}/admit"),
+                    Some(GATEWAY_KEY),
+                    &format!(r#"{{"viewerId":"c{c}","ip":"10.0.0.1","path":"/"}}"#),
+                )
+            }),
+        ),
+    );
+    let t2 = token.clone();
+    record(
+        "POST /api/workspaces/{id}/launch",
+        drive(
+            &addr,
+            conns,
+            secs,
+            Arc::new(move |_, _| post("/api/workspaces/ws-remote-desktop/launch", Some(&t2), "{}")),
+        ),
+    );
+    let (ids, key2) = (runtime_ids.clone(), api_key.clone());
+    record(
+        "GET /v1/sessions/{id}",
+        drive(
+            &addr,
+            conns,
+            secs,
+            Arc::new(move |c, i| {
+                get(
+                    &format!(
+                        "/v1/sessions/{}",
+                        ids[pick(s2 ^ c as u64, i, ids.len() as u64) as usize]
+                    ),
+                    Some(&key2),
+                )
+            }),
+        ),
+    );
+
+    // RSS with 10,000 live viewers.
+    for v in 0..10_000u64 {
+        let body = format!(r#"{{"viewerId":"rss{v}","ip":"10.0.0.2","path":"/"}}"#);
+        let r = request(
+            &addr,
+            "POST",
+            &format!("/internal/sessions/by-slug/bench-slug-{}/admit", v % n),
+            &[("Authorization", &format!("Bearer {GATEWAY_KEY}"))],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(r.status, 200);
+    }
+    let rss = rss_kib(pid);
+    eprintln!(
+        "  RSS with {n} sessions and 10,000 live viewers: {:.1} MiB",
+        rss as f64 / 1024.0
+    );
+
+    // Reads during a sweep that expires every preloaded session at once.
+    let read = |name: &str| {
+        drive(
+            &addr,
+            conns,
+            secs.min(5.0),
+            Arc::new(move |c, i| {
+                get(
+                    &format!(
+                        "/sessions/by-slug/bench-slug-{}",
+                        pick(s2 ^ c as u64 ^ 7, i, nn)
+                    ),
+                    None,
+                )
+            }),
+        )
+        .tap(|f| {
+            eprintln!(
+                "  {name:<44} {:>9.0} req/s  p50 {:>6} µs  p99 {:>7} µs",
+                f.rps, f.p50_us, f.p99_us
+            )
+        })
+    };
+    let idle = read("reads, idle");
+    server.exec_sql(
+        "UPDATE sessions SET expires_at = 1000 WHERE dialect = 'share' AND ended_at IS NULL",
+    );
+    let sweep_started = Instant::now();
+    let during = read("reads during the expiry sweep");
+    let left = server
+        .query("SELECT count(*) FROM sessions WHERE dialect = 'share' AND ended_at IS NULL")[0][0]
+        .as_i64()
+        .unwrap();
+    eprintln!(
+        "  sweep: {} of {n} expired after {:.1} s",
+        n as i64 - left,
+        sweep_started.elapsed().as_secs_f64()
+    );
+
+    // Summary: ratios in this run.
+    let by = |name: &str| {
+        results
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.rps)
+            .unwrap_or(0.0)
+    };
+    let floor = by("tiny_http + SQLite primary-key lookup");
+    eprintln!("ratios (this run):");
+    eprintln!(
+        "  GET /sessions/:id / floor(tiny_http+SQLite)      {:.2}  (target ≥ 0.8)",
+        by("GET /sessions/:id (owner bearer)") / floor
+    );
+    eprintln!(
+        "  admit / floor(tiny_http+SQLite)                 {:.2}  (target ≥ 0.7)",
+        by("POST /internal/.../admit") / floor
+    );
+    eprintln!(
+        "  POST /sessions / one-fsync-per-commit            {:.2}  (target ≥ 3)",
+        by("POST /sessions") / fsync
+    );
+    eprintln!(
+        "  POST /sessions vs the Wormkey figure (16k/s)     {:.2}  (issue's figure, not measured here)",
+        by("POST /sessions") / 16_000.0
+    );
+    eprintln!(
+        "  by-slug vs the Wormkey figure at 80k (2k/s)      {:.2}  (issue's figure, not measured here; target ≥ 10)",
+        by("GET /sessions/by-slug/:slug") / 2_000.0
+    );
+    eprintln!(
+        "  p99 of reads during the sweep / idle             {:.2}  (target ≤ 10)",
+        during.p99_us as f64 / idle.p99_us.max(1) as f64
+    );
+    eprintln!(
+        "  RSS                                              {:.1} MiB (target ≤ 64)",
+        rss as f64 / 1024.0
+    );
+}
+
+fn login_token(server: &Server) -> String {
+    let r = server
+        .post(
+            "/api/auth/login",
+            &json!({ "email": "admin@localhost", "password": "admin-password-for-tests" }),
+        )
+        .expect(200);
+    r["access_token"].as_str().unwrap().to_string()
+}
+
+trait Tap: Sized {
+    fn tap(self, f: impl FnOnce(&Self)) -> Self {
+        f(&self);
+        self
+    }
+}
+
+impl Tap for Figures {}
