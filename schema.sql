@@ -124,7 +124,9 @@ CREATE INDEX sessions_live_activity ON sessions(last_activity_at) WHERE ended_at
 CREATE TABLE shares (
     session_id          INTEGER PRIMARY KEY REFERENCES sessions(id) ON DELETE CASCADE,
     slug                TEXT    NOT NULL UNIQUE,
-    owner_token_hash    BLOB    NOT NULL UNIQUE,
+    -- Compared on the row found by id or slug, never looked up: no index (it would cost a random
+    -- page write per created session).
+    owner_token_hash    BLOB    NOT NULL,
     port                INTEGER,
     auth_mode           TEXT    NOT NULL CHECK (auth_mode IN ('none', 'basic')),
     basic_password_hash TEXT,

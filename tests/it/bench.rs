@@ -8,7 +8,7 @@
 //! one SQLite primary-key lookup per request, SQLite committing one row per fsync — and then the real
 //! sessiond (this build's binary) on a database preloaded with `SESSIOND_BENCH_N` share sessions
 //! (default 100,000), driven by `SESSIOND_BENCH_CONNS` keep-alive connections (default 64) for
-//! `SESSIOND_BENCH_SECS` seconds per probe (default 5). It prints req/s, p50/p99 latency, ratios to
+//! `SESSIOND_BENCH_SECS` seconds per probe (default 5); `SESSIOND_BENCH_ARGS` adds server flags. It prints req/s, p50/p99 latency, ratios to
 //! the floors, RSS with 10,000 live viewers, and read latency during a mass-expiry sweep.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -318,6 +318,11 @@ fn bench() {
             .env(
                 "RUST_LOG",
                 &std::env::var("SESSIOND_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .extra(
+                std::env::var("SESSIOND_BENCH_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
             ),
     );
     let addr = server.addr.clone();
@@ -336,10 +341,36 @@ fn bench() {
             .collect(),
     );
     eprintln!("sessiond (RSS after start: {} MiB):", rss_kib(pid) / 1024);
+    // RSS with 10,000 live viewers.
+    for v in 0..10_000u64 {
+        let body = format!(r#"{{"viewerId":"rss{v}","ip":"10.0.0.2","path":"/"}}"#);
+        let r = request(
+            &addr,
+            "POST",
+            &format!("/internal/sessions/by-slug/bench-slug-{}/admit", v % n),
+            &[("Authorization", &format!("Bearer {GATEWAY_KEY}"))],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(r.status, 200);
+    }
+    let rss = rss_kib(pid);
+    eprintln!(
+        "  RSS with {n} sessions and 10,000 live viewers: {:.1} MiB",
+        rss as f64 / 1024.0
+    );
     record(
         "GET /healthz (no database)",
         drive(&addr, conns, secs, Arc::new(|_, _| get("/healthz", None))),
     );
+    let writer = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(0.0)
+    };
+    let before = server.get("/metrics").text();
     record(
         "POST /sessions",
         drive(
@@ -348,6 +379,17 @@ fn bench() {
             secs,
             Arc::new(|_, _| post("/sessions", None, "{}")),
         ),
+    );
+    let after = server.get("/metrics").text();
+    let commits = writer(&after, "sessiond_writer_commits_total")
+        - writer(&before, "sessiond_writer_commits_total");
+    let changes = writer(&after, "sessiond_writer_changes_total")
+        - writer(&before, "sessiond_writer_changes_total");
+    eprintln!(
+        "  {:<44} {:.1} changes per commit ({changes} in {commits} commits, largest {})",
+        "group commit",
+        changes / commits.max(1.0),
+        writer(&after, "sessiond_writer_batch_size_max")
     );
     let s2 = seed;
     record(
@@ -427,22 +469,9 @@ fn bench() {
         ),
     );
 
-    // RSS with 10,000 live viewers.
-    for v in 0..10_000u64 {
-        let body = format!(r#"{{"viewerId":"rss{v}","ip":"10.0.0.2","path":"/"}}"#);
-        let r = request(
-            &addr,
-            "POST",
-            &format!("/internal/sessions/by-slug/bench-slug-{}/admit", v % n),
-            &[("Authorization", &format!("Bearer {GATEWAY_KEY}"))],
-            Some(body.as_bytes()),
-        );
-        assert_eq!(r.status, 200);
-    }
-    let rss = rss_kib(pid);
     eprintln!(
-        "  RSS with {n} sessions and 10,000 live viewers: {:.1} MiB",
-        rss as f64 / 1024.0
+        "  RSS after all probes (many more live viewers): {:.1} MiB",
+        rss_kib(pid) as f64 / 1024.0
     );
 
     // Reads during a sweep that expires every preloaded session at once.

@@ -76,6 +76,11 @@ impl Opts {
         self
     }
 
+    pub fn extra<'a>(mut self, args: impl Iterator<Item = &'a str>) -> Opts {
+        self.args.extend(args.map(str::to_string));
+        self
+    }
+
     pub fn env(mut self, k: &str, v: &str) -> Opts {
         self.env.push((k.to_string(), v.to_string()));
         self
