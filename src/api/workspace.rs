@@ -184,13 +184,7 @@ pub fn login(ctx: &Ctx, req: &Req) -> Result<Resp> {
     let password = f
         .str("password")?
         .ok_or_else(|| Error::bad_request("password is required"))?;
-    let otp = match body.get("otp") {
-        Some(Value::Number(n)) => Some(format!(
-            "{:06}",
-            n.as_u64().unwrap_or(u64::MAX) % 1_000_000_000
-        )),
-        _ => f.str("otp")?.map(|s| s.trim().to_string()),
-    };
+    let otp = one_time_code(&f, "otp")?;
     if email.len() > 254 || password.len() > 1024 {
         return Err(Error::Unauthorized("Invalid credentials".into()));
     }
@@ -316,6 +310,16 @@ fn audit_login(
     .metadata(json!({ "email": actor.email }));
     entry.success = success;
     writer.exec(move |tx| audit::record(tx, &entry, now))
+}
+
+/// A TOTP code field: six digits as a string, or as a number (leading zeros restored).
+fn one_time_code(f: &Fields, name: &str) -> Result<Option<String>> {
+    match f.raw(name) {
+        Some(Value::Number(n)) => Ok(Some(
+            n.as_u64().map(|v| format!("{v:06}")).unwrap_or_default(),
+        )),
+        _ => Ok(f.str(name)?.map(|s| s.trim().to_string())),
+    }
 }
 
 /// `POST /api/auth/logout` — ends the user's active sessions and revokes the token.
@@ -480,14 +484,8 @@ pub fn mfa_verify(ctx: &Ctx, req: &Req) -> Result<Resp> {
     let p = principal(ctx, req, None)?;
     let user = require_user(&p)?;
     let body = json_object(req)?;
-    let code = match body.get("code") {
-        Some(Value::Number(n)) => format!("{:06}", n.as_u64().unwrap_or(u64::MAX) % 1_000_000_000),
-        _ => Fields::new(&body)
-            .str("code")?
-            .ok_or_else(|| Error::bad_request("code is required"))?
-            .trim()
-            .to_string(),
-    };
+    let code = one_time_code(&Fields::new(&body), "code")?
+        .ok_or_else(|| Error::bad_request("code is required"))?;
     let pending = user
         .totp_pending
         .as_deref()
