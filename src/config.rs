@@ -50,6 +50,9 @@ pub const SETTINGS: &[Setting] = &[
     s("viewer_idle_timeout", "5m", "a viewer idle longer than this is aged out"),
     s("reap_interval", "1s", "how often the reaper sweeps"),
     s("max_body", "65536", "largest accepted request body in bytes"),
+    s("idle_timeout", "60s", "a kept-alive connection silent this long is closed"),
+    s("request_timeout", "15s", "longest one request (head and body) may take to arrive; 408 beyond"),
+    s("max_connections", "4096", "most client connections open at once; 503 beyond"),
     s("synchronous", "full", "SQLite synchronous mode: full or normal"),
     s("trusted_proxies", "", "comma-separated proxy IPs whose X-Forwarded-For is believed"),
     s("snapshot_stale_after", "30s", "a daemon snapshot older than this is no longer authoritative"),
@@ -79,6 +82,9 @@ pub struct Config {
     pub viewer_idle_timeout: Millis,
     pub reap_interval: Millis,
     pub max_body: usize,
+    pub idle_timeout: Millis,
+    pub request_timeout: Millis,
+    pub max_connections: usize,
     pub synchronous_full: bool,
     pub trusted_proxies: Vec<IpAddr>,
     pub snapshot_stale_after: Millis,
@@ -299,6 +305,9 @@ impl Raw {
             viewer_idle_timeout: duration("viewer_idle_timeout")?,
             reap_interval: duration("reap_interval")?,
             max_body,
+            idle_timeout: at_least_ms("idle_timeout", duration("idle_timeout")?)?,
+            request_timeout: at_least_ms("request_timeout", duration("request_timeout")?)?,
+            max_connections: (number("max_connections")? as usize).max(1),
             synchronous_full,
             trusted_proxies,
             snapshot_stale_after: duration("snapshot_stale_after")?,
@@ -315,6 +324,13 @@ impl Raw {
             internal_api_key: optional("internal_api_key"),
         })
     }
+}
+
+fn at_least_ms(name: &str, value: Millis) -> Result<Millis, String> {
+    if value <= 0 {
+        return Err(format!("{name}: must be longer than zero"));
+    }
+    Ok(value)
 }
 
 fn strip_one_slash(url: &str) -> String {

@@ -27,7 +27,13 @@ pub enum Error {
     NotFound(String),
     Conflict(String),
     MethodNotAllowed,
+    /// The client took longer than `request_timeout` to send its request.
+    RequestTimeout,
     PayloadTooLarge(String),
+    /// A request line longer than the limit.
+    UriTooLong,
+    /// A header line too long, or too many headers.
+    HeadersTooLarge,
     TooManyRequests {
         message: String,
         retry_after_secs: u64,
@@ -53,7 +59,10 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::Conflict(_) => 409,
             Error::MethodNotAllowed => 405,
+            Error::RequestTimeout => 408,
             Error::PayloadTooLarge(_) => 413,
+            Error::UriTooLong => 414,
+            Error::HeadersTooLarge => 431,
             Error::TooManyRequests { .. } => 429,
             Error::Unavailable(_) => 503,
             Error::Internal(_) => 500,
@@ -69,7 +78,10 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
             Error::MethodNotAllowed => "method_not_allowed",
+            Error::RequestTimeout => "request_timeout",
             Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::UriTooLong => "uri_too_long",
+            Error::HeadersTooLarge => "headers_too_large",
             Error::TooManyRequests { .. } => "rate_limited",
             Error::Unavailable(_) => "unavailable",
             Error::Internal(_) => "internal_error",
@@ -88,6 +100,9 @@ impl Error {
             | Error::Unavailable(m) => m,
             Error::TooManyRequests { message, .. } => message,
             Error::MethodNotAllowed => "Method not allowed",
+            Error::RequestTimeout => "The request took too long to arrive",
+            Error::UriTooLong => "Request line too long",
+            Error::HeadersTooLarge => "Request headers too large",
             Error::Internal(_) => "Internal server error",
         }
     }

@@ -4,8 +4,10 @@
 //! Handlers never see tiny_http: [`handle`] turns a `tiny_http::Request` into a [`Req`] (body already
 //! capped at `max_body`), asks `routes::dispatch` for a [`Resp`], and writes it back with an
 //! `X-Request-Id`. A panic inside a handler becomes a 500 and an `error!` line naming the route.
-//! tiny_http's accept loop stops for good after one accept error; a worker that receives that error
-//! ends the process with a non-zero exit so the supervisor restarts it, instead of living on deaf.
+//! The vendored tiny_http reads each request whole, under [`http_limits`], on its connection's own
+//! thread, so a worker never waits on a client. Its accept loop retries errors that pass and stops
+//! only when the listener is unusable; a worker that receives that error ends the process with a
+//! non-zero exit so the supervisor restarts it, instead of living on deaf.
 
 use std::io::Read;
 use std::net::{IpAddr, TcpListener};
@@ -155,7 +157,7 @@ impl Resp {
 
 /// Runs the server until SIGTERM/SIGINT (exit code 0) or a fatal accept error (exit code 1).
 pub fn serve(cfg: Config) -> Result<i32> {
-    raise_file_limit();
+    let open_files = raise_file_limit();
     limit_malloc_arenas();
     let _lock = db::backup::lock(&cfg.db)?;
     let mut conn = db::open(&cfg.db, db::Access::ReadWrite, cfg.synchronous_full)?;
@@ -181,7 +183,7 @@ pub fn serve(cfg: Config) -> Result<i32> {
         .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let local = listener.local_addr()?;
     let server = Arc::new(
-        tiny_http::Server::from_listener(listener, None)
+        tiny_http::Server::from_listener_with_limits(listener, None, http_limits(&cfg, open_files))
             .map_err(|e| Error::Internal(format!("cannot start the HTTP server: {e}")))?,
     );
 
@@ -531,23 +533,76 @@ fn limit_malloc_arenas() {
 
 /// Raises the soft limit on open files to the hard limit: each connection costs a descriptor and
 /// tiny_http's accept loop dies on EMFILE.
-fn raise_file_limit() {
+/// Raises the open-file limit to its hard limit and returns the limit in force.
+fn raise_file_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
             let wanted = libc::rlimit {
                 rlim_cur: lim.rlim_max,
                 rlim_max: lim.rlim_max,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
                 log::warn!("could not raise the open-file limit above {}", lim.rlim_cur);
+                return lim.rlim_cur;
             }
+            return lim.rlim_max;
         }
+        lim.rlim_cur
     }
+}
+
+/// The HTTP edge's defences against slow, idle, oversized and too many clients (see the vendored
+/// tiny_http's PATCHED.md): each connection's own thread reads a whole request under
+/// `request_timeout` before a worker sees it, so a slow client never holds a worker.
+fn http_limits(cfg: &Config, open_files: u64) -> tiny_http::Limits {
+    // Each connection holds two descriptors; keep room for the database, logs and backups.
+    let reserve = 64 + 3 * cfg.threads as u64;
+    let fit = (open_files.saturating_sub(reserve) / 2).max(1) as usize;
+    if cfg.max_connections > fit {
+        log::warn!(
+            "max_connections {} does not fit the open-file limit {open_files}; using {fit}",
+            cfg.max_connections
+        );
+    }
+    let ms = |m: Millis| Duration::from_millis(m as u64);
+    tiny_http::Limits {
+        idle_timeout: ms(cfg.idle_timeout),
+        request_timeout: ms(cfg.request_timeout),
+        write_timeout: ms(cfg.request_timeout),
+        max_line: 8192,
+        max_headers: 100,
+        max_body: cfg.max_body,
+        max_connections: cfg.max_connections.min(fit),
+        error_body: Some(edge_error),
+    }
+}
+
+/// The body of an error tiny_http answers on its own, before a worker sees the request, in the
+/// dialect of the path when it is known.
+fn edge_error(status: u16, path: Option<&str>) -> (&'static str, Vec<u8>) {
+    let error = match status {
+        408 => Error::RequestTimeout,
+        413 => Error::PayloadTooLarge("Request body is too large".into()),
+        414 => Error::UriTooLong,
+        431 => Error::HeadersTooLarge,
+        503 => Error::Unavailable("Too many connections".into()),
+        417 => Error::bad_request("Unsupported Expect header"),
+        505 => Error::bad_request("Only HTTP/1.0 and HTTP/1.1 are supported"),
+        _ => Error::bad_request("Malformed HTTP request"),
+    };
+    let path = path.map_or("/", |p| p.split('?').next().unwrap_or(p));
+    (
+        "application/json",
+        error.into_resp(routes::dialect_of(path)).body,
+    )
 }
 
 /// Tells systemd (`Type=notify`) about our state, when started by it. A no-op elsewhere.

@@ -3,6 +3,7 @@
 
 mod admission;
 mod bench;
+mod hostile;
 mod lifecycle;
 mod ops;
 mod runtime;

@@ -6,11 +6,14 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::common::{HTTPVersion, Method};
+use crate::request::Buffered;
+use crate::util::refined_tcp_stream::Clock;
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
-use crate::Request;
+use crate::{Limits, Request, Response, StatusCode};
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -34,11 +37,24 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // sessiond patch: the limits, the read half's deadline, and the rest of a refused body,
+    // drained after its request has been handed out
+    limits: Arc<Limits>,
+    clock: Option<Arc<Clock>>,
+    refused_body: Option<Box<dyn Read + Send + 'static>>,
 }
 
 /// Error that can happen when reading a request.
 #[derive(Debug)]
 enum ReadError {
+    /// sessiond patch: the connection ended or stayed silent before a new request began
+    Idle,
+    /// sessiond patch: a line longer than `max_line` or more than `max_headers` lines; the
+    /// status to answer (414 for the request line, 431 for headers)
+    HeadTooLarge(u16),
+    /// sessiond patch: a request line or header that is not ASCII (upstream closed silently)
+    NotAscii,
     WrongRequestLine,
     WrongHeader(HTTPVersion),
     /// the client sent an unrecognized `Expect` header
@@ -51,9 +67,11 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: Arc<Limits>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        let clock = read_socket.clock();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -65,6 +83,9 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            limits,
+            clock,
+            refused_body: None,
         }
     }
 
@@ -77,7 +98,10 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    /// sessiond patch: the line may not exceed `max_line` bytes (`ReadError::HeadTooLarge`), and
+    /// the first line of a request arms the request deadline once its first byte has arrived
+    /// (before that, the connection is idle: a timeout or EOF there is `ReadError::Idle`).
+    fn read_next_line(&mut self, first_of_request: bool) -> Result<AsciiString, ReadError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -85,14 +109,30 @@ impl ClientConnection {
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                Some(Ok(b)) => b,
+                Some(Err(_)) | None if first_of_request && buf.is_empty() => {
+                    return Err(ReadError::Idle)
+                }
+                Some(Err(e)) => return Err(ReadError::ReadIoError(e)),
+                None => {
+                    return Err(ReadError::ReadIoError(IoError::new(
+                        ErrorKind::ConnectionAborted,
+                        "Unexpected EOF",
+                    )))
+                }
             };
+            if first_of_request && buf.is_empty() {
+                if let Some(clock) = &self.clock {
+                    clock.arm(self.limits.request_timeout);
+                }
+            }
+            if buf.len() >= self.limits.max_line {
+                return Err(ReadError::HeadTooLarge(if first_of_request { 414 } else { 431 }));
+            }
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return AsciiString::from_ascii(buf).map_err(|_| ReadError::NotAscii);
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -106,8 +146,11 @@ impl ClientConnection {
     fn read(&mut self) -> Result<Request, ReadError> {
         let (method, path, version, headers) = {
             // reading the request line
+            if let Some(clock) = &self.clock {
+                clock.arm(self.limits.idle_timeout);
+            }
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self.read_next_line(true)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -118,11 +161,14 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self.read_next_line(false)?;
 
                     if line.is_empty() {
                         break;
                     };
+                    if headers.len() >= self.limits.max_headers {
+                        return Err(ReadError::HeadTooLarge(431));
+                    }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
@@ -161,6 +207,7 @@ impl ClientConnection {
                 request::RequestCreationError::ExpectationFailed => {
                     ReadError::ExpectationFailed(version)
                 }
+                request::RequestCreationError::BadFraming => ReadError::WrongHeader(version),
             }
         })?;
 
@@ -180,14 +227,37 @@ impl Iterator for ClientConnection {
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
         if self.no_more_requests {
+            // sessiond patch: drain what is left of a refused body (bounded by the request
+            // deadline) so that the client, still sending, reads its 413 instead of a reset.
+            if let Some(mut rest) = self.refused_body.take() {
+                let mut sink = [0u8; 4096];
+                let mut left = 16usize << 20;
+                while left > 0 {
+                    match rest.read(&mut sink) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+            }
             return None;
         }
 
         loop {
-            let rq = match self.read() {
-                Err(ReadError::WrongRequestLine) => {
+            let mut rq = match self.read() {
+                Err(ReadError::Idle) => return None,
+
+                Err(ReadError::HeadTooLarge(status)) => {
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
+                    let response = error_response(&self.limits, status, None);
+                    response
+                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
+                        .ok();
+                    return None;
+                }
+
+                Err(ReadError::WrongRequestLine) | Err(ReadError::NotAscii) => {
+                    let writer = self.sink.next().unwrap();
+                    let response = error_response(&self.limits, 400, None);
                     response
                         .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
                         .ok();
@@ -197,7 +267,7 @@ impl Iterator for ClientConnection {
 
                 Err(ReadError::WrongHeader(ver)) => {
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
+                    let response = error_response(&self.limits, 400, None);
                     response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // we don't know where the next request would start,
                                  // se we have to close
@@ -206,7 +276,7 @@ impl Iterator for ClientConnection {
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
                     // request timeout
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
+                    let response = error_response(&self.limits, 408, None);
                     response
                         .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
                         .ok();
@@ -215,8 +285,9 @@ impl Iterator for ClientConnection {
 
                 Err(ReadError::ExpectationFailed(ver)) => {
                     let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
+                    let response = error_response(&self.limits, 417, None);
+                    // sessiond patch: with its body (upstream: `do_not_send_body` true)
+                    response.raw_print(writer, ver, &[], false, None).ok();
                     return None; // TODO: should be recoverable, but needs handling in case of body
                 }
 
@@ -227,15 +298,13 @@ impl Iterator for ClientConnection {
 
             // checking HTTP version
             if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
-                let response = Response::from_string(
-                    "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
-                )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
-                continue;
+                // sessiond patch: answered through the request's own writer (upstream took the
+                // next writer, which waits for this request's to be dropped: a deadlock), with the
+                // error body, and the connection closes (upstream went on reading the unread body
+                // as the next request)
+                let response = error_response(&self.limits, 505, Some(rq.url()));
+                rq.respond(response).ok();
+                return None;
             }
 
             // updating the status of the connection
@@ -259,9 +328,44 @@ impl Iterator for ClientConnection {
                 _ => (),
             };
 
+            // sessiond patch: the body is read here, on the connection's thread and under its
+            // deadline, before the request is handed out.
+            match rq.buffer_body(self.limits.max_body) {
+                Ok(Buffered::Whole) => {}
+                Ok(Buffered::TooLarge(rest)) => {
+                    self.refused_body = Some(rest);
+                    self.no_more_requests = true;
+                }
+                Err(e) => {
+                    let status = match e.kind() {
+                        ErrorKind::TimedOut => 408,
+                        _ => 400,
+                    };
+                    let response = error_response(&self.limits, status, Some(rq.url()));
+                    rq.respond(response).ok();
+                    return None;
+                }
+            }
+
             // returning the request
             return Some(rq);
         }
+    }
+}
+
+/// sessiond patch: an error the connection answers itself, with the body [`Limits::error_body`]
+/// gives (upstream: always empty).
+fn error_response(limits: &Limits, status: u16, path: Option<&str>) -> crate::ResponseBox {
+    match limits.error_body {
+        Some(body_of) => {
+            let (content_type, body) = body_of(status, path);
+            let mut response = Response::from_data(body).with_status_code(status);
+            if let Ok(h) = crate::Header::from_bytes("Content-Type", content_type) {
+                response.add_header(h);
+            }
+            response.boxed()
+        }
+        None => Response::new_empty(StatusCode(status)).boxed(),
     }
 }
 

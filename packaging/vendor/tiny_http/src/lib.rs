@@ -99,8 +99,8 @@ use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -140,6 +140,54 @@ pub struct Server {
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
+
+    // sessiond patch: connections accepted and not yet closed
+    open_connections: Arc<AtomicUsize>,
+}
+
+/// sessiond patch: what protects the server from slow, idle, oversized and too many clients.
+///
+/// Upstream tiny_http has no socket timeouts, no header limits and reads request bodies on the
+/// thread that handles the request; with these limits each connection's own thread reads the
+/// whole request (head and body) under a deadline before the request is handed out, so a slow
+/// client holds only its own connection thread, never a request handler.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// How long a connection may stay silent while waiting for its next request.
+    pub idle_timeout: Duration,
+    /// How long one request may take to arrive, head and body, from its first byte.
+    pub request_timeout: Duration,
+    /// How long writing a response may block on a client that does not read.
+    pub write_timeout: Duration,
+    /// Longest request line or header line, in bytes (longer: 431 and the connection closes).
+    pub max_line: usize,
+    /// Most header lines in one request (more: 431 and the connection closes).
+    pub max_headers: usize,
+    /// Bodies up to this many bytes are read whole before the request is handed out. A request
+    /// declaring more is handed out with its declared length and no body (the handler answers
+    /// 413), a chunked body longer than this is handed out cut at `max_body + 1` bytes; either
+    /// way the connection closes after the response.
+    pub max_body: usize,
+    /// Most connections open at once; a connection beyond this gets a 503 and is closed.
+    pub max_connections: usize,
+    /// The content type and body of the errors the connection answers itself (400, 408, 413, 414,
+    /// 417, 431, 503), given the status and, when known, the request's path; `None`: empty.
+    pub error_body: Option<fn(u16, Option<&str>) -> (&'static str, Vec<u8>)>,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_line: 8192,
+            max_headers: 100,
+            max_body: 1 << 20,
+            max_connections: 10_000,
+            error_body: None,
+        }
+    }
 }
 
 enum Message {
@@ -243,6 +291,17 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Server::from_listener_with_limits(listener, ssl_config, Limits::default())
+    }
+
+    /// sessiond patch: [`Server::from_listener`] with explicit [`Limits`].
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        let limits = Arc::new(limits);
+        let open_connections = Arc::new(AtomicUsize::new(0));
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -285,14 +344,35 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
+        let inside_open = open_connections.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            let mut backoff = AcceptBackoff::default();
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
-                    Ok((sock, _)) => {
+                    Ok((mut sock, _)) => {
+                        backoff.reset();
+                        // sessiond patch: beyond the connection limit, fail fast with a 503
+                        // rather than queue the client behind everyone else.
+                        if inside_open.load(Relaxed) >= limits.max_connections {
+                            use std::io::Write;
+                            let (content_type, body) = match limits.error_body {
+                                Some(body_of) => body_of(503, None),
+                                None => ("text/plain", Vec::new()),
+                            };
+                            let head = format!(
+                                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: {}\r\nContent-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
+                                content_type,
+                                body.len()
+                            );
+                            let _ = sock.set_nonblocking(true);
+                            let _ = sock.write_all(&[head.as_bytes(), &body].concat());
+                            continue;
+                        }
+                        let _ = sock.set_write_timeout(Some(limits.write_timeout));
                         use util::RefinedTcpStream;
                         let (read_closable, write_closable) = match ssl {
                             // sessiond patch: a connection that cannot be set up is dropped; the
@@ -322,7 +402,11 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        Ok(ClientConnection::new(
+                            write_closable,
+                            read_closable,
+                            limits.clone(),
+                        ))
                     }
                     Err(e) => Err(e),
                 };
@@ -330,8 +414,10 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let open = OpenConnection::new(&inside_open);
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
+                            let _open = &open;
                             if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
@@ -349,6 +435,13 @@ impl Server {
                         }));
                     }
 
+                    // sessiond patch: upstream ended the accept loop on any error, so one
+                    // EMFILE left the server alive but deaf. Errors that pass (descriptors,
+                    // memory, an aborted handshake) now back off and retry; only an error that
+                    // says the listener itself is unusable ends the loop and reaches `recv`.
+                    Err(e) if AcceptBackoff::is_transient(&e) => {
+                        backoff.wait(&e);
+                    }
                     Err(e) => {
                         log::error!("Error accepting new client: {}", e);
                         inside_messages.push(e.into());
@@ -364,6 +457,7 @@ impl Server {
             messages,
             close: close_trigger,
             listening_addr: local_addr,
+            open_connections,
         })
     }
 
@@ -383,8 +477,8 @@ impl Server {
 
     /// Returns the number of clients currently connected to the server.
     pub fn num_connections(&self) -> usize {
-        unimplemented!()
-        //self.requests_receiver.lock().len()
+        // sessiond patch: counted (upstream: unimplemented!()).
+        self.open_connections.load(Relaxed)
     }
 
     /// Blocks until an HTTP request has been submitted and returns it.
@@ -452,5 +546,49 @@ impl Drop for Server {
                 let _ = std::fs::remove_file(path);
             }
         }
+    }
+}
+
+/// sessiond patch: counts a connection as open from its accept until its thread is done with it.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(count: &Arc<AtomicUsize>) -> OpenConnection {
+        count.fetch_add(1, Relaxed);
+        OpenConnection(count.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// sessiond patch: how the accept loop waits out errors that pass, as Go's net/http does:
+/// 5 ms doubling to 1 s, reset by the next successful accept, logged at most once a second.
+#[derive(Default)]
+struct AcceptBackoff {
+    delay: Duration,
+    last_log: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    fn is_transient(e: &IoError) -> bool {
+        // EBADF, EFAULT, EINVAL, ENOTSOCK, EOPNOTSUPP: the listener is gone or never was one.
+        !matches!(e.raw_os_error(), Some(9 | 14 | 22 | 88 | 95))
+    }
+
+    fn reset(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+
+    fn wait(&mut self, e: &IoError) {
+        self.delay = (self.delay * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        if self.last_log.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
+            log::error!("Error accepting new client (retrying in {:?}): {}", self.delay, e);
+            self.last_log = Some(std::time::Instant::now());
+        }
+        thread::sleep(self.delay);
     }
 }

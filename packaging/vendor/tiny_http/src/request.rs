@@ -1,4 +1,5 @@
 use std::io::Error as IoError;
+use std::io::Result as IoResult;
 use std::io::{self, Cursor, ErrorKind, Read, Write};
 
 use std::fmt;
@@ -108,6 +109,9 @@ pub enum RequestCreationError {
 
     /// Error while reading data from the socket during the creation of the `Request`.
     CreationIoError(IoError),
+
+    /// sessiond patch: the body's framing cannot be trusted (see `new_request`).
+    BadFraming,
 }
 
 impl From<IoError> for RequestCreationError {
@@ -146,16 +150,31 @@ where
         .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
         .map(|h| h.value.clone());
 
-    // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
+    // sessiond patch: framing that cannot be trusted is refused, as RFC 9112 §6.3 asks: a
+    // Content-Length that is not all digits (upstream read "-5" or an overflowing number as "no
+    // body" and parsed the body as the next request), several that disagree, a Transfer-Encoding
+    // other than chunked, or both headers at once (a request-smuggling vector behind proxies).
+    let lengths: Vec<&str> = headers
+        .iter()
+        .filter(|h| h.field.equiv("Content-Length"))
+        .map(|h| h.value.as_str().trim())
+        .collect();
+    if let Some(te) = &transfer_encoding {
+        if !te.as_str().trim().eq_ignore_ascii_case("chunked") || !lengths.is_empty() {
+            return Err(RequestCreationError::BadFraming);
+        }
+    }
+    let content_length: Option<usize> = match lengths.first() {
+        None => None,
+        Some(first) => {
+            if first.is_empty()
+                || !first.bytes().all(|b| b.is_ascii_digit())
+                || lengths.iter().any(|l| l != first)
+            {
+                return Err(RequestCreationError::BadFraming);
+            }
+            Some(first.parse().map_err(|_| RequestCreationError::BadFraming)?)
+        }
     };
 
     // true if the client sent a `Expect: 100-continue` header
@@ -185,32 +204,15 @@ where
 
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
-    let reader = if connection_upgrade {
-        // if we have a `Connection: upgrade`, always keeping the whole reader
-        Box::new(source_data) as Box<dyn Read + Send + 'static>
-    } else if let Some(content_length) = content_length {
+    // sessiond patch: `Connection: upgrade` no longer hands out the raw stream as the body (the
+    // body is now read whole before the request is handed out, so a raw stream would be read to
+    // its end); an upgrade request is an ordinary request and its connection closes after it.
+    let _ = connection_upgrade;
+    let reader = if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
-            // if the content-length is small enough, we just read everything into a buffer
-
-            let mut buffer = vec![0; content_length];
-            let mut offset = 0;
-
-            while offset != content_length {
-                let read = source_data.read(&mut buffer[offset..])?;
-                if read == 0 {
-                    // the socket returned EOF, but we were before the expected content-length
-                    // aborting
-                    let info = "Connection has been closed before we received enough data";
-                    let err = IoError::new(ErrorKind::ConnectionAborted, info);
-                    return Err(RequestCreationError::CreationIoError(err));
-                }
-
-                offset += read;
-            }
-
-            Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
+        // sessiond patch: upstream read bodies up to 1 KiB here; `buffer_body` now reads every
+        // body, so that a failure is answered with the request's path known.
         } else {
             let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
@@ -241,7 +243,46 @@ where
     })
 }
 
+/// sessiond patch: what [`Request::buffer_body`] found.
+pub(crate) enum Buffered {
+    /// The whole body is in memory.
+    Whole,
+    /// The body is larger than the limit: the request holds no body (declared length) or its
+    /// first `max + 1` bytes (chunked); the rest of the stream is returned to be drained or
+    /// dropped, and the connection must close after the response.
+    TooLarge(Box<dyn Read + Send + 'static>),
+}
+
 impl Request {
+    /// sessiond patch: reads the body into memory on the connection's own thread (answering an
+    /// `Expect: 100-continue` first), so the thread that later handles the request never waits on
+    /// the client. Errors are the client's: a timeout, a broken chunked encoding, an early EOF.
+    pub(crate) fn buffer_body(&mut self, max: usize) -> IoResult<Buffered> {
+        if self.body_length.is_some_and(|n| n > max) {
+            self.must_send_continue = false;
+            let rest = self.data_reader.replace(Box::new(io::empty()));
+            return Ok(Buffered::TooLarge(rest.expect("body reader")));
+        }
+        if self.must_send_continue {
+            let msg = Response::new_empty(StatusCode(100));
+            let writer = self.response_writer.as_mut().expect("response writer");
+            msg.raw_print(writer.by_ref(), self.http_version.clone(), &self.headers, true, None)?;
+            writer.flush()?;
+            self.must_send_continue = false;
+        }
+        let mut reader = self.data_reader.take().expect("body reader");
+        let mut body = Vec::with_capacity(self.body_length.unwrap_or(0).min(max));
+        let read = reader.by_ref().take(max as u64 + 1).read_to_end(&mut body);
+        let too_large = body.len() > max;
+        self.data_reader = Some(Box::new(Cursor::new(body)));
+        read?;
+        Ok(if too_large {
+            Buffered::TooLarge(reader)
+        } else {
+            Buffered::Whole
+        })
+    }
+
     /// Returns true if the request was made through HTTPS.
     #[inline]
     pub fn secure(&self) -> bool {

@@ -80,7 +80,14 @@ impl TaskPool {
     fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        // sessiond patch: a thread that cannot be created (the process is at its thread or memory
+        // limit) drops its task, and with it the connection, instead of panicking the accept
+        // thread. Connection threads only parse heads and copy small bodies, so a small stack
+        // does; it keeps thousands of idle connections cheap.
+        let spawned = thread::Builder::new()
+            .name("tiny-http-conn".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -124,6 +131,9 @@ impl TaskPool {
                 task();
             }
         });
+        if let Err(e) = spawned {
+            log::error!("Cannot start a connection thread: {}", e);
+        }
     }
 }
 

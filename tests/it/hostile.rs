@@ -1,0 +1,325 @@
+//! Hostile and broken clients (issue 7, SPEC §9): malformed HTTP, lying framing, slow senders,
+//! idle connections by the thousand, too many connections, descriptor exhaustion. The server must
+//! never panic, exit or go deaf, must answer in the dialect's error shape, and must keep serving
+//! real clients meanwhile. Each property here was seen to fail with its defence removed.
+
+use std::io::{BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// Reads whatever the server sends until it closes the connection (or 20 s pass).
+fn read_all(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+fn status_of(raw: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(raw);
+    text.lines().next()?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn body_of(raw: &[u8]) -> Value {
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    serde_json::from_slice(&raw[at + 4..])
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(raw)))
+}
+
+/// A GET that must be answered while hostile clients are connected.
+fn healthy(addr: &str) -> bool {
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    status_of(&read_all(&mut s)) == Some(200)
+}
+
+#[test]
+fn malformed_http_gets_a_clear_error_in_the_dialects_shape_never_a_500() {
+    let server = Server::start_with(
+        Opts::default()
+            .arg("--max-body", "1024")
+            .arg("--request-timeout", "2s"),
+    );
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let long_path = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
+    let long_header = format!("GET /healthz HTTP/1.1\r\nX-A: {}\r\n\r\n", "a".repeat(9000));
+    let many_headers = format!("GET /healthz HTTP/1.1\r\n{}\r\n", "X-A: b\r\n".repeat(101));
+    let big_chunks = format!(
+        "POST /sessions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
+        format!("400\r\n{}\r\n", "a".repeat(1024)).repeat(3)
+    );
+    // (what, raw request, acceptable statuses, the error key of the dialect when JSON is expected)
+    type Case = (&'static str, Vec<u8>, &'static [u16], Option<&'static str>);
+    let cases: Vec<Case> = vec![
+        ("not HTTP", b"GARBAGE\r\n\r\n".to_vec(), &[400], Some("error")),
+        ("no version", b"GET /healthz\r\n\r\n".to_vec(), &[400], Some("error")),
+        ("unknown version", b"GET / HTTP/9.9\r\n\r\n".to_vec(), &[400], Some("error")),
+        ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), &[400, 505], None),
+        ("raw non-ASCII target", b"GET /sessions/\xff\xfe HTTP/1.1\r\n\r\n".to_vec(), &[400], Some("error")),
+        ("bad percent-encoding", b"GET /sessions/by-slug/%zz HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), &[400], Some("error")),
+        ("percent-encoded invalid UTF-8", b"GET /sessions/by-slug/%ff%fe HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), &[400, 404], Some("error")),
+        ("bad percent-encoding, workspace", b"GET /api/workspaces/%zz HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), &[400], Some("detail")),
+        ("bad percent-encoding, runtime", b"GET /v1/sessions/%zz HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), &[400], Some("message")),
+        ("header without colon", b"GET /healthz HTTP/1.1\r\nNoColon\r\n\r\n".to_vec(), &[400], Some("error")),
+        ("non-ASCII header", b"GET /healthz HTTP/1.1\r\nX-A: \xff\r\n\r\n".to_vec(), &[400], Some("error")),
+        ("request line too long", long_path.into_bytes(), &[414], Some("error")),
+        ("header line too long", long_header.into_bytes(), &[431], Some("error")),
+        ("too many headers", many_headers.into_bytes(), &[431], Some("error")),
+        ("negative Content-Length", b"POST /sessions HTTP/1.1\r\nContent-Length: -5\r\n\r\nhello".to_vec(), &[400], Some("error")),
+        ("signed Content-Length", b"POST /sessions HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}".to_vec(), &[400], Some("error")),
+        ("overflowing Content-Length", b"POST /sessions HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n{}".to_vec(), &[400], Some("error")),
+        ("disagreeing Content-Lengths", b"POST /sessions HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}".to_vec(), &[400], Some("error")),
+        ("Content-Length and chunked", b"POST /sessions HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), &[400], Some("error")),
+        ("unknown Transfer-Encoding", b"POST /sessions HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nxx".to_vec(), &[400], Some("error")),
+        ("chunked garbage", b"POST /sessions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n".to_vec(), &[400], Some("error")),
+        ("chunk size overflow", b"POST /sessions HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFFFFFF\r\nab\r\n".to_vec(), &[400], Some("error")),
+        ("chunked body over max_body", big_chunks.into_bytes(), &[413], Some("error")),
+        ("declared body over max_body", b"POST /api/workspaces HTTP/1.1\r\nContent-Length: 99999999999999\r\n\r\n{}".to_vec(), &[413], Some("detail")),
+        ("lying Content-Length, then silence", b"POST /v1/sessions HTTP/1.1\r\nContent-Length: 100\r\n\r\n{}".to_vec(), &[408], Some("message")),
+        ("unsupported Expect", b"POST /sessions HTTP/1.1\r\nExpect: teapot\r\nContent-Length: 2\r\n\r\n{}".to_vec(), &[417], Some("error")),
+        ("deeply nested JSON", format!("POST /sessions HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{deep}", deep.len()).into_bytes(), &[400, 413], Some("error")),
+        ("invalid UTF-8 JSON", b"POST /api/auth/login HTTP/1.1\r\nConnection: close\r\nContent-Length: 4\r\n\r\n\xff\xfe{}".to_vec(), &[400], Some("detail")),
+        ("NUL in the target", b"GET /sessions/by-slug/a%00b HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(), &[400, 404], Some("error")),
+    ];
+    for (what, raw, allowed, key) in cases {
+        let mut s = connect(&server.addr);
+        s.write_all(&raw).unwrap();
+        let started = Instant::now();
+        let answer = read_all(&mut s);
+        let status = status_of(&answer);
+        assert!(
+            status.is_some_and(|st| allowed.contains(&st)),
+            "{what}: got {status:?}, wanted one of {allowed:?}: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: the connection was held open {:?}",
+            started.elapsed()
+        );
+        if let Some(key) = key {
+            let body = body_of(&answer);
+            assert!(body.get(key).is_some(), "{what}: {body}");
+        }
+        assert!(
+            healthy(&server.addr),
+            "{what}: the server stopped answering"
+        );
+    }
+    let log = server.log_text();
+    assert!(!log.contains("panic"), "{log}");
+    assert!(!log.contains(" 500 "), "{log}");
+}
+
+#[test]
+fn keep_alive_and_pipelined_requests_still_work() {
+    let server = Server::start();
+    let mut s = connect(&server.addr);
+    let body = b"{\"port\":3000}";
+    let one = format!(
+        "POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut raw = Vec::new();
+    for _ in 0..3 {
+        raw.extend_from_slice(one.as_bytes());
+        raw.extend_from_slice(body);
+    }
+    raw.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(&raw).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut slugs = Vec::new();
+    for _ in 0..3 {
+        let resp = read_response(&mut reader);
+        assert_eq!(resp.status, 201, "{}", resp.text());
+        slugs.push(resp.json()["slug"].as_str().unwrap().to_string());
+    }
+    slugs.dedup();
+    assert_eq!(slugs.len(), 3);
+    assert_eq!(read_response(&mut reader).status, 200);
+    // Expect: 100-continue is answered before the body is read.
+    s.write_all(
+        b"POST /sessions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut reader).status, 100);
+    s.write_all(b"{}").unwrap();
+    assert_eq!(read_response(&mut reader).status, 201);
+}
+
+#[test]
+fn slow_senders_hold_no_worker_and_get_a_408_in_the_dialects_shape() {
+    // Two workers. Unpatched tiny_http handed a request to a worker as soon as its head arrived,
+    // and the worker then waited for the body: two silent clients stopped the whole server.
+    let server = Server::start_with(
+        Opts::default()
+            .arg("--threads", "2")
+            .arg("--request-timeout", "3s"),
+    );
+    let mut slow = Vec::new();
+    for (path, key) in [
+        ("/sessions", "error"),
+        ("/api/auth/login", "detail"),
+        ("/v1/sessions", "message"),
+        ("/sessions", "error"),
+    ] {
+        // A body declared and never sent.
+        let mut s = connect(&server.addr);
+        let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 64\r\n\r\n{{");
+        s.write_all(head.as_bytes()).unwrap();
+        slow.push((s, key));
+    }
+    for _ in 0..4 {
+        // A head trickled in, one byte at a time, never finished.
+        let mut s = connect(&server.addr);
+        s.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ").unwrap();
+        slow.push((s, "error"));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert!(healthy(&server.addr), "a real client was not served");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "real clients waited for the slow ones: {:?}",
+        started.elapsed()
+    );
+    for (mut s, key) in slow {
+        let _ = s.write_all(b"a");
+        let answer = read_all(&mut s);
+        assert_eq!(
+            status_of(&answer),
+            Some(408),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        assert!(body_of(&answer).get(key).is_some());
+    }
+    assert!(healthy(&server.addr));
+}
+
+#[test]
+fn idle_connections_by_the_thousand_are_served_around_and_then_closed() {
+    let n = 1500;
+    let server = Server::start_with(Opts::default().arg("--idle-timeout", "3s"));
+    let mut idle = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = TcpStream::connect(&server.addr).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        idle.push(s);
+        if i % 250 == 0 {
+            assert!(healthy(&server.addr), "deaf with {i} idle connections");
+        }
+    }
+    let created = server.post("/sessions", &json!({"port": 3000})).expect(201);
+    assert!(created["slug"].is_string());
+    // Every idle connection is closed by the server once idle_timeout has passed.
+    std::thread::sleep(Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for s in &mut idle {
+        let left = deadline.saturating_duration_since(Instant::now());
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("an idle connection was not closed: {other:?}"),
+        }
+    }
+    assert!(healthy(&server.addr));
+    assert!(!server.log_text().contains("panic"));
+}
+
+#[test]
+fn beyond_max_connections_new_clients_get_a_503_at_once_not_a_hang() {
+    let server = Server::start_with(Opts::default().arg("--max-connections", "16"));
+    let held: Vec<TcpStream> = (0..16).map(|_| connect(&server.addr)).collect();
+    // The connection count is taken when a connection's thread starts: give them a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let mut s = connect(&server.addr);
+    s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    let answer = read_all(&mut s);
+    assert_eq!(
+        status_of(&answer),
+        Some(503),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(body_of(&answer).get("error").is_some());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    for h in &held {
+        let _ = h.shutdown(Shutdown::Both);
+    }
+    drop(held);
+    assert!(eventually(Duration::from_secs(5), || healthy(&server.addr)));
+}
+
+/// Sets the soft open-file limit of a running process (the hard limit stays).
+fn set_nofile(pid: i32, n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads the new limit from, and writes the old one to, structs we own.
+    unsafe {
+        assert_eq!(
+            libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim),
+            0
+        );
+        lim.rlim_cur = n.min(lim.rlim_max);
+        let rc = libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut());
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[test]
+fn running_out_of_descriptors_backs_off_and_serves_again_never_deaf() {
+    // Unpatched tiny_http panicked its accept thread on EMFILE while cloning a socket, and ended
+    // its accept loop for good on any error of accept() itself: the process lived on, deaf. Now
+    // accept errors back off and retry, and serving resumes once descriptors are free again.
+    let server = Server::start_with(Opts::default().arg("--threads", "2"));
+    assert!(healthy(&server.addr));
+    let open = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .unwrap()
+        .count() as u64;
+    set_nofile(server.pid(), open + 6);
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        match TcpStream::connect(&server.addr) {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || server
+            .log_text()
+            .contains("Too many open files")),
+        "the test did not exhaust descriptors:\n{}",
+        server.log_text()
+    );
+    drop(held);
+    set_nofile(server.pid(), 4096);
+    assert!(
+        eventually(Duration::from_secs(10), || healthy(&server.addr)),
+        "the server did not serve again:\n{}",
+        server.log_text()
+    );
+    // Dropping the server asserts that it is still running and exits 0 on SIGTERM.
+}
