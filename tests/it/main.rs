@@ -3,6 +3,7 @@
 
 mod admission;
 mod bench;
+mod crash;
 mod hostile;
 mod lifecycle;
 mod ops;

@@ -201,6 +201,13 @@ impl Server {
         })
     }
 
+    /// Kills the process with SIGKILL: no shutdown path runs, as in a crash or an OOM kill.
+    pub fn kill9(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server running");
+        let _ = child.kill();
+        child.wait().expect("wait for the killed server")
+    }
+
     /// Waits for the process to exit on its own.
     pub fn wait_exit(mut self, timeout: Duration) -> Option<ExitStatus> {
         let mut child = self.child.take().unwrap();
