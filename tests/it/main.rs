@@ -4,6 +4,7 @@
 mod admission;
 mod bench;
 mod crash;
+mod faults;
 mod hostile;
 mod lifecycle;
 mod ops;
