@@ -56,6 +56,14 @@ pub fn random_alnum(len: usize) -> String {
     random_string(ALNUM, len)
 }
 
+/// What every API key starts with (SPEC §2), so a bearer can be told apart without a lookup.
+pub const API_KEY_PREFIX: &str = "sk_";
+
+/// A new API key, shown once.
+pub fn new_api_key() -> String {
+    format!("{API_KEY_PREFIX}{}", random_url_safe(40))
+}
+
 /// URL-safe characters: login tokens, API and service keys, scoped tunnel tokens.
 pub fn random_url_safe(len: usize) -> String {
     random_string(URL_SAFE, len)

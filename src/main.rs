@@ -469,7 +469,7 @@ fn key_create(cfg: &Config, flags: &[&str]) -> Result<u8, Failure> {
             Vec::new(),
         ),
         None => (
-            format!("sk_{}", auth::random_url_safe(40)),
+            auth::new_api_key(),
             db::accounts::CredentialKind::ApiKey,
             scopes.unwrap_or_else(|| KEY_SCOPES.iter().map(|s| s.to_string()).collect()),
         ),

@@ -710,7 +710,7 @@ pub fn create_key(ctx: &Ctx, req: &Req) -> Result<Resp> {
             )));
         }
     }
-    let token = format!("sk_{}", auth::random_url_safe(40));
+    let token = auth::new_api_key();
     let (stored, account, user, now, actor, stored_name, stored_scopes) = (
         token.clone(),
         p.account_id,

@@ -136,6 +136,23 @@ fn authorize(ctx: &Ctx, req: &Req, share: &Share, allow: Allow) -> Result<Access
     Err(unauthorized())
 }
 
+/// Refuses an API key that lacks the route's scope before the session is looked up, so that such
+/// a key gets the same 403 for a missing session as for an existing one and learns nothing.
+fn refuse_unscoped_key(ctx: &Ctx, req: &Req, allow: Allow) -> Result<()> {
+    let (Some(scope), Some(token)) = (allow.account_scope, req.bearer()) else {
+        return Ok(());
+    };
+    if !token.starts_with(crate::auth::API_KEY_PREFIX) {
+        return Ok(());
+    }
+    match credential(ctx, token, &[CredentialKind::ApiKey])? {
+        Some(key) if !key.has_scope(scope) => Err(Error::Forbidden(format!(
+            "This key lacks the {scope} scope"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn require_gateway(ctx: &Ctx, req: &Req) -> Result<Actor> {
     gateway(ctx, req)?.ok_or_else(unauthorized)
 }
@@ -451,6 +468,7 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
 
 /// `GET /sessions/:id`
 pub fn get(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
+    refuse_unscoped_key(ctx, req, OWNER_ACCOUNT_INTERNAL_READ)?;
     let share = share_by_uid(ctx, id)?;
     let access = authorize(ctx, req, &share, OWNER_ACCOUNT_INTERNAL_READ)?;
     full_view(ctx, &share, access.owner_token())
@@ -683,6 +701,7 @@ pub fn close(ctx: &Ctx, req: &Req, slug: &str, via: Via) -> Result<Resp> {
 
 /// `DELETE /sessions/:id`
 pub fn delete(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
+    refuse_unscoped_key(ctx, req, OWNER_ACCOUNT_INTERNAL_WRITE)?;
     let share = share_by_uid(ctx, id)?;
     let actor = authorize(ctx, req, &share, OWNER_ACCOUNT_INTERNAL_WRITE)?.actor(&share, req);
     let (row, account, uid, slug, now) = (

@@ -11,4 +11,5 @@ mod ops;
 mod runtime;
 mod share;
 mod support;
+mod tenancy;
 mod workspace;
