@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::support::*;
 
-fn basic(password: &str) -> String {
+pub fn basic(password: &str) -> String {
     const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let input = format!("worm:{password}").into_bytes();
     let mut out = String::new();

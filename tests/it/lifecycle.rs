@@ -211,18 +211,90 @@ fn the_reaper_works_off_a_large_expiry_backlog_in_bounded_batches() {
 }
 
 #[test]
-fn the_database_file_holds_no_issued_secret() {
+fn no_issued_secret_reaches_the_database_its_backup_or_a_debug_log() {
+    // A full scenario across the three dialects, logged at debug level; then every token, key
+    // and password issued or presented (rightly or wrongly) is looked for, byte for byte, in
+    // the database, its WAL, a backup, and the log.
     let dir = Arc::new(TempDir::new());
     let db = dir.path().join("sessiond.db");
     let api_key = cli_key(&db, &[]);
     let gateway_key = cli_key(&db, &["--service", "gateway"]);
-    let server = Server::start_in(dir.clone(), Opts::default());
+    let daemon_key = cli_key(&db, &["--service", "daemon"]);
+    let server = Server::start_in(dir.clone(), Opts::default().env("RUST_LOG", "debug"));
     let mut secrets = vec![
         GATEWAY_KEY.to_string(),
         api_key.clone(),
-        gateway_key,
+        gateway_key.clone(),
+        daemon_key.clone(),
         "admin-password-for-tests".to_string(),
     ];
+    // Workspace dialect: sign-ins (also failed ones), registration, MFA, logout.
+    let admin = crate::workspace::login(&server, "admin@localhost", "admin-password-for-tests");
+    secrets.push(admin.clone());
+    for wrong in ["wrong-password-1", "Wrong-Password-2"] {
+        let status = server
+            .post(
+                "/api/auth/login",
+                &json!({"email": "admin@localhost", "password": wrong}),
+            )
+            .status;
+        assert_eq!(status, 401);
+        secrets.push(wrong.to_string());
+    }
+    let user = crate::workspace::register(&server, &admin, "carol@example.com", "user");
+    secrets.extend([user.clone(), "user-password-1".to_string()]);
+    let setup = server
+        .post_auth("/api/auth/mfa/setup", &user, &json!({}))
+        .expect(200);
+    let totp_secret = setup["secret"].as_str().unwrap().to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let code = crate::workspace::totp(&totp_secret, now);
+    server
+        .post_auth("/api/auth/mfa/verify", &user, &json!({"code": code}))
+        .expect(200);
+    let sid = server
+        .post_auth(
+            "/api/workspaces/ws-sap-neogenesys/launch",
+            &user,
+            &json!({}),
+        )
+        .expect(200)["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server
+        .post_auth(&format!("/api/sessions/{sid}/heartbeat"), &user, &json!({}))
+        .expect(200);
+    server
+        .post_auth("/api/auth/logout", &user, &json!({}))
+        .expect(200);
+    // Runtime dialect: a key made over HTTP, sessions, a daemon report.
+    let key = server
+        .post_auth("/v1/keys", &api_key, &json!({"name": "made over http"}))
+        .expect(201)["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    secrets.push(key.clone());
+    let runtime = server
+        .post_auth("/v1/sessions", &key, &json!({}))
+        .expect(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server
+        .get_auth(&format!("/v1/sessions/{runtime}"), &key)
+        .expect(200);
+    server
+        .post_auth(
+            "/v1/daemon/snapshots",
+            &daemon_key,
+            &json!({"node_id": "node-1", "sessions": [{"id": runtime, "status": "running"}]}),
+        )
+        .expect(200);
     for i in 0..10 {
         let created = server
             .post(
@@ -262,9 +334,44 @@ fn the_database_file_holds_no_issued_secret() {
         .post_auth("/sessions", &api_key, &json!({}))
         .expect(201);
     secrets.push(by_key["ownerToken"].as_str().unwrap().to_string());
+    // Viewers present the basic-auth password and the viewer password, rightly and wrongly.
+    let basic = server
+        .post("/sessions", &json!({"authMode": "basic"}))
+        .expect(201);
+    let (slug, password) = (
+        basic["slug"].as_str().unwrap().to_string(),
+        basic["password"].as_str().unwrap().to_string(),
+    );
+    secrets.extend([password.clone(), "not-the-password".to_string()]);
+    for pw in [&password, &"not-the-password".to_string()] {
+        let header = crate::admission::basic(pw);
+        admit(
+            &server,
+            &slug,
+            &json!({"ip": "1.1.1.1", "path": "/", "authorization": header}),
+        );
+    }
+    let backup = dir.path().join("backup.db");
+    let out = Command::new(bin())
+        .arg("backup")
+        .arg(&backup)
+        .arg("--db")
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
     let log = server.log_text();
+    assert!(
+        log.contains("DEBUG"),
+        "the scenario did not log at debug level"
+    );
+    let wal = std::fs::read(db.with_extension("db-wal")).unwrap_or_default();
     drop(server);
-    let mut files = vec![std::fs::read(&db).unwrap()];
+    let mut files = vec![
+        std::fs::read(&db).unwrap(),
+        wal,
+        std::fs::read(&backup).unwrap(),
+    ];
     if let Ok(wal) = std::fs::read(db.with_extension("db-wal")) {
         files.push(wal);
     }
