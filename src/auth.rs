@@ -2,8 +2,9 @@
 //!
 //! High-entropy tokens are stored as BLAKE2b-256 digests and looked up by digest; human passwords are
 //! argon2id at OWASP parameters (19 MiB, t=2, p=1). Argon2 is slow on purpose, so at most
-//! [`ARGON2_PERMITS`] hashes run at once: a password flood queues here instead of starving the workers
-//! that answer everyone else. Every random value comes from the operating system's CSPRNG.
+//! [`ARGON2_PERMITS`] hashes run at once and at most [`ARGON2_QUEUE`] more wait: a password flood
+//! is refused as [`Busy`] beyond that instead of tying up the workers that answer everyone else.
+//! Every random value comes from the operating system's CSPRNG.
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
@@ -21,6 +22,14 @@ const URL_SAFE: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 
 /// How many argon2 computations may run at the same time.
 pub const ARGON2_PERMITS: usize = 2;
+/// How many password checks may wait for a permit; beyond, a check is refused as [`Busy`] at once
+/// (so a flood holds at most `ARGON2_PERMITS + ARGON2_QUEUE` workers).
+pub const ARGON2_QUEUE: usize = 4;
+
+/// Too many password checks are running and waiting; the caller answers 429/503 and the client
+/// retries. Never a verdict on the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
 
 /// Fills `buf` from the OS CSPRNG. Failure of the OS generator is unrecoverable.
 pub fn random_bytes(buf: &mut [u8]) {
@@ -139,8 +148,9 @@ pub fn hash_password(password: &str) -> String {
     )
 }
 
-/// Checks a password against [`hash_password`]'s output in constant time.
-pub fn verify_password(password: &str, stored: &str) -> bool {
+/// Checks a password against [`hash_password`]'s output in constant time; `Err(Busy)` when the
+/// argon2 queue is full.
+pub fn verify_password(password: &str, stored: &str) -> Result<bool, Busy> {
     let mut parts = stored.split('$');
     let (Some(""), Some("argon2id"), Some("v=19"), Some(params), Some(salt), Some(hash), None) = (
         parts.next(),
@@ -151,10 +161,10 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
         parts.next(),
         parts.next(),
     ) else {
-        return false;
+        return Ok(false);
     };
     let (Some(salt), Some(expected)) = (unhex(salt), unhex(hash)) else {
-        return false;
+        return Ok(false);
     };
     let mut m = 0;
     let mut t = 0;
@@ -164,20 +174,20 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
             Some(("m", v)) => m = v.parse().unwrap_or(0),
             Some(("t", v)) => t = v.parse().unwrap_or(0),
             Some(("p", v)) => p = v.parse().unwrap_or(0),
-            _ => return false,
+            _ => return Ok(false),
         }
     }
     let Ok(params) = Params::new(m, t, p, Some(expected.len())) else {
-        return false;
+        return Ok(false);
     };
     let mut out = vec![0u8; expected.len()];
     let ok = {
-        let _permit = ARGON2_GATE.acquire();
+        let _permit = ARGON2_GATE.try_acquire(ARGON2_QUEUE).ok_or(Busy)?;
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
             .hash_password_into(password.as_bytes(), &salt, &mut out)
             .is_ok()
     };
-    ok && ct_eq(&out, &expected)
+    Ok(ok && ct_eq(&out, &expected))
 }
 
 /// A stored-form hash of no real password: unknown users are checked against it, so that a login
@@ -228,7 +238,8 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
 
 /// A counting semaphore: at most `permits` holders at once.
 pub struct Gate {
-    used: Mutex<usize>,
+    /// (permits in use, callers waiting)
+    used: Mutex<(usize, usize)>,
     freed: Condvar,
     permits: usize,
 }
@@ -238,26 +249,38 @@ pub struct Permit<'a>(&'a Gate);
 impl Gate {
     pub const fn new(permits: usize) -> Gate {
         Gate {
-            used: Mutex::new(0),
+            used: Mutex::new((0, 0)),
             freed: Condvar::new(),
             permits,
         }
     }
 
     pub fn acquire(&self) -> Permit<'_> {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        while *used >= self.permits {
-            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        self.try_acquire(usize::MAX).expect("unbounded wait")
+    }
+
+    /// A permit, waiting for one only if fewer than `max_waiting` callers already wait.
+    pub fn try_acquire(&self, max_waiting: usize) -> Option<Permit<'_>> {
+        let mut state = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0 >= self.permits {
+            if state.1 >= max_waiting {
+                return None;
+            }
+            state.1 += 1;
+            while state.0 >= self.permits {
+                state = self.freed.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            state.1 -= 1;
         }
-        *used += 1;
-        Permit(self)
+        state.0 += 1;
+        Some(Permit(self))
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        let mut used = self.0.used.lock().unwrap_or_else(|e| e.into_inner());
-        *used -= 1;
+        let mut state = self.0.used.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 -= 1;
         self.0.freed.notify_one();
     }
 }
@@ -470,9 +493,9 @@ mod tests {
     fn password_hash_round_trip() {
         let h = hash_password("correct horse");
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        assert!(verify_password("correct horse", &h));
-        assert!(!verify_password("correct horsf", &h));
-        assert!(!verify_password("correct horse", "garbage"));
+        assert_eq!(verify_password("correct horse", &h), Ok(true));
+        assert_eq!(verify_password("correct horsf", &h), Ok(false));
+        assert_eq!(verify_password("correct horse", "garbage"), Ok(false));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use blake2::{Blake2b256, Digest};
 
-use crate::auth;
+use crate::auth::{self, Busy, Throttle};
 use crate::db::shares::ViewerRow;
 use crate::domain::share::{AuthMode, Refusal, Share, basic_password, new_viewer_id, path_blocked};
 use crate::domain::time::Millis;
@@ -126,7 +126,16 @@ impl Entry {
 pub struct Viewers {
     shards: Vec<Mutex<HashMap<i64, Entry>>>,
     idle_timeout: Millis,
+    /// Wrong viewer passwords per session and address, and per session (see [`ATTEMPTS`]).
+    attempts_by_ip: Throttle,
+    attempts_by_session: Throttle,
 }
+
+/// Viewer-password guessing: 10 wrong passwords from one address for one session within 5 minutes
+/// lock that address out of that session's password check for 5 minutes; 100 from any addresses
+/// lock every new viewer out for a minute. Viewers who passed before are never affected (their
+/// password is remembered and costs no check).
+pub const ATTEMPTS: (usize, usize) = (10, 100);
 
 /// The digest under which a secret that passed argon2 against `stored` is remembered.
 fn verified_digest(stored: &str, presented: &str) -> [u8; 32] {
@@ -156,6 +165,8 @@ impl Viewers {
         Viewers {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             idle_timeout,
+            attempts_by_ip: Throttle::new(ATTEMPTS.0, 300_000, 300_000),
+            attempts_by_session: Throttle::new(ATTEMPTS.1, 300_000, 60_000),
         }
     }
 
@@ -249,13 +260,44 @@ impl Viewers {
             (basic, password)
         };
 
-        // Argon2, outside the lock and bounded in concurrency.
-        if !self.resolve(share.id, basic) {
-            return refuse(Refusal::BasicAuthRequired);
+        // Argon2, outside the lock and bounded in concurrency, unless this address (or everyone)
+        // has guessed wrong too often lately. Viewers who passed before present nothing.
+        // A remembered secret costs no argon2 but is still a guess: a locked-out address must
+        // not learn that its guess was right.
+        let guessing = |s: &Secret| matches!(s, Secret::Check { .. } | Secret::Remembered);
+        let guesses = guessing(&basic) || guessing(&password);
+        let by_ip = [format!("{}|{}", share.id, req.ip.unwrap_or("-"))];
+        let by_session = [share.id.to_string()];
+        if guesses
+            && (self.attempts_by_ip.check(&by_ip, now).is_err()
+                || self.attempts_by_session.check(&by_session, now).is_err())
+        {
+            return refuse(Refusal::TooManyAttempts);
+        }
+        let wrong = |this: &Self| {
+            this.attempts_by_ip.fail(&by_ip, now);
+            this.attempts_by_session.fail(&by_session, now);
+        };
+        match self.resolve(share.id, basic) {
+            Err(Busy) => return refuse(Refusal::Busy),
+            Ok(false) => {
+                wrong(self);
+                return refuse(Refusal::BasicAuthRequired);
+            }
+            Ok(true) => {}
         }
         let passed_password = matches!(password, Secret::Remembered | Secret::Check { .. });
-        if !self.resolve(share.id, password) {
-            return refuse(Refusal::PasswordRequired);
+        match self.resolve(share.id, password) {
+            Err(Busy) => return refuse(Refusal::Busy),
+            Ok(false) if guesses => {
+                wrong(self);
+                return refuse(Refusal::PasswordRequired);
+            }
+            Ok(false) => return refuse(Refusal::PasswordRequired),
+            Ok(true) => {}
+        }
+        if guesses {
+            self.attempts_by_ip.succeed(&by_ip);
         }
 
         if path_blocked(&share.policy.block_paths, req.path) {
@@ -302,19 +344,19 @@ impl Viewers {
     }
 
     /// Settles a secret check, running argon2 if needed and remembering a success for this session.
-    fn resolve(&self, session_id: i64, secret: Secret) -> bool {
+    fn resolve(&self, session_id: i64, secret: Secret) -> std::result::Result<bool, Busy> {
         let (stored, presented) = match secret {
-            Secret::NotNeeded | Secret::Remembered => return true,
-            Secret::Missing => return false,
+            Secret::NotNeeded | Secret::Remembered => return Ok(true),
+            Secret::Missing => return Ok(false),
             Secret::Check { stored, presented } => (stored, presented),
         };
-        if !auth::verify_password(&presented, &stored) {
-            return false;
+        if !auth::verify_password(&presented, &stored)? {
+            return Ok(false);
         }
         if let Some(entry) = self.shard(session_id).get_mut(&session_id) {
             entry.remember_verified(verified_digest(&stored, &presented));
         }
-        true
+        Ok(true)
     }
 
     /// The session's non-idle viewers (oldest first) and kicked ids.

@@ -215,13 +215,15 @@ pub fn login(ctx: &Ctx, req: &Req) -> Result<Resp> {
         None => None,
     };
     // Unknown emails cost one argon2 check too, so timing does not tell which emails exist.
-    let password_ok = match &user {
+    let checked = match &user {
         Some(u) => auth::verify_password(password, &u.password_hash),
-        None => {
-            auth::verify_password(password, auth::dummy_password_hash());
-            false
-        }
+        None => auth::verify_password(password, auth::dummy_password_hash()).map(|_| false),
     };
+    // A full argon2 queue is no verdict on the password: the client retries, nothing is counted.
+    let password_ok = checked.map_err(|auth::Busy| Error::TooManyRequests {
+        message: "Too many sign-ins at once; try again in a moment".into(),
+        retry_after_secs: 1,
+    })?;
     let failure = match (&user, &membership) {
         (Some(u), Some(_)) if password_ok && !u.disabled => match (&u.totp_secret, &otp) {
             (None, _) => None,

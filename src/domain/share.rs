@@ -91,6 +91,10 @@ pub enum Refusal {
     PasswordRequired,
     PathBlocked,
     TooManyViewers,
+    /// Too many wrong passwords from this viewer's address (or for this session) lately.
+    TooManyAttempts,
+    /// The password checks are saturated; the gateway asks again shortly.
+    Busy,
 }
 
 impl Refusal {
@@ -99,7 +103,8 @@ impl Refusal {
             Refusal::Closed | Refusal::Expired => 410,
             Refusal::Kicked | Refusal::PathBlocked => 403,
             Refusal::Locked | Refusal::BasicAuthRequired | Refusal::PasswordRequired => 401,
-            Refusal::TooManyViewers => 429,
+            Refusal::TooManyViewers | Refusal::TooManyAttempts => 429,
+            Refusal::Busy => 503,
         }
     }
 
@@ -113,6 +118,8 @@ impl Refusal {
             Refusal::PasswordRequired => "password_required",
             Refusal::PathBlocked => "path_blocked",
             Refusal::TooManyViewers => "too_many_viewers",
+            Refusal::TooManyAttempts => "too_many_attempts",
+            Refusal::Busy => "busy",
         }
     }
 }

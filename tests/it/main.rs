@@ -3,6 +3,7 @@
 
 mod admission;
 mod bench;
+mod bruteforce;
 mod crash;
 mod faults;
 mod hostile;
