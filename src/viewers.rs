@@ -204,10 +204,10 @@ impl Viewers {
                 viewer_id: Some(answer_id.clone()),
             })
         };
-        if share.closed {
+        if share.closed && !share.ended_by_expiry {
             return refuse(Refusal::Closed);
         }
-        if now >= share.expires_at {
+        if share.ended_by_expiry || now >= share.expires_at {
             return refuse(Refusal::Expired);
         }
         if req.owner_token.is_some_and(|t| share.is_owner_token(t)) {

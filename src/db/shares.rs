@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 const SHARE_COLUMNS: &str = "s.id, s.uid, s.account_id, sh.slug, sh.owner_token_hash, sh.auth_mode,
     sh.basic_password_hash, sh.policy_public, sh.policy_max_viewers, sh.policy_block_paths,
-    sh.policy_password_hash, s.status, s.created_at, s.expires_at";
+    sh.policy_password_hash, s.status, s.created_at, s.expires_at, s.end_reason";
 
 fn share_from_row(r: &Row) -> rusqlite::Result<Share> {
     let auth_mode: String = r.get(5)?;
@@ -30,6 +30,7 @@ fn share_from_row(r: &Row) -> rusqlite::Result<Share> {
             password_hash: r.get(10)?,
         },
         closed: status != "active",
+        ended_by_expiry: r.get::<_, Option<String>>(14)?.as_deref() == Some("expired"),
         created_at: r.get(12)?,
         expires_at: r.get::<_, Option<Millis>>(13)?.unwrap_or(Millis::MAX),
     })

@@ -64,7 +64,10 @@ pub struct Share {
     pub auth_mode: AuthMode,
     pub basic_password_hash: Option<String>,
     pub policy: Policy,
+    /// Ended, for any reason (views show `closed: true`).
     pub closed: bool,
+    /// Ended by the expiry sweep (admission answers `expired`, not `closed`).
+    pub ended_by_expiry: bool,
     pub created_at: Millis,
     pub expires_at: Millis,
 }

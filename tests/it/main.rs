@@ -8,6 +8,7 @@ mod crash;
 mod faults;
 mod hostile;
 mod lifecycle;
+mod model;
 mod ops;
 mod runtime;
 mod share;
