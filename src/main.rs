@@ -1,24 +1,12 @@
 //! sessiond: a self-hosted session control plane. This file turns the command line into a
 //! subcommand and its outcome into an exit code: 0 ok, 1 runtime error, 2 usage error.
 
-mod api;
-mod auth;
-mod backups;
-mod config;
-mod db;
-mod domain;
-mod error;
-mod metrics;
-mod reaper;
-mod routes;
-mod server;
-mod viewers;
-
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use crate::config::Config;
-use crate::domain::time::{now_ms, parse_duration};
+use sessiond::config::Config;
+use sessiond::domain::time::{now_ms, parse_duration};
+use sessiond::{api, auth, config, db, domain, error, server};
 
 const USAGE: &str = "usage: sessiond <command> [--setting value ...]
 

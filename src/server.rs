@@ -46,6 +46,26 @@ pub struct App {
     request_prefix: String,
 }
 
+impl App {
+    /// The shared state around a started writer.
+    pub fn new(cfg: Config, writer: Writer) -> App {
+        let mut prefix = [0u8; 4];
+        crate::auth::random_bytes(&mut prefix);
+        App {
+            viewers: Viewers::new(cfg.viewer_idle_timeout),
+            anonymous_shares: RateLimiter::new(cfg.anonymous_share_rate, 60_000),
+            login_throttle: Throttle::new(5, 300_000, 300_000),
+            metrics: crate::metrics::Metrics::default(),
+            runtime_creates: RateLimiter::new(RUNTIME_CREATES_PER_MINUTE, 60_000),
+            writer,
+            stopping: AtomicBool::new(false),
+            request_seq: AtomicU64::new(0),
+            request_prefix: crate::auth::hex(&prefix),
+            cfg,
+        }
+    }
+}
+
 /// What a handler gets: the shared state, this worker's read connection, and the request's clock.
 pub struct Ctx<'a> {
     pub app: &'a App,
@@ -187,20 +207,7 @@ pub fn serve(cfg: Config) -> Result<i32> {
             .map_err(|e| Error::Internal(format!("cannot start the HTTP server: {e}")))?,
     );
 
-    let mut prefix = [0u8; 4];
-    crate::auth::random_bytes(&mut prefix);
-    let app = Arc::new(App {
-        viewers: Viewers::new(cfg.viewer_idle_timeout),
-        anonymous_shares: RateLimiter::new(cfg.anonymous_share_rate, 60_000),
-        login_throttle: Throttle::new(5, 300_000, 300_000),
-        metrics: crate::metrics::Metrics::default(),
-        runtime_creates: RateLimiter::new(RUNTIME_CREATES_PER_MINUTE, 60_000),
-        writer,
-        stopping: AtomicBool::new(false),
-        request_seq: AtomicU64::new(0),
-        request_prefix: crate::auth::hex(&prefix),
-        cfg,
-    });
+    let app = Arc::new(App::new(cfg, writer));
 
     let term = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -328,12 +335,12 @@ fn work(worker: usize, app: &App, server: &tiny_http::Server, db: &Reader, fatal
     }
 }
 
-fn handle(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Request) {
+/// Answers one request from tiny_http and writes the access log line.
+pub fn handle(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Request) {
     let started = Instant::now();
     let request_id = request_id(app, &request);
     let method = request.method().as_str().to_ascii_uppercase();
     let url = request.url().to_string();
-    let (path, query_string) = url.split_once('?').unwrap_or((&url, ""));
     let peer = request.remote_addr().map(|a| a.ip());
     let headers: Vec<(String, String)> = request
         .headers()
@@ -346,49 +353,18 @@ fn handle(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Request
         })
         .collect();
     let client_ip = client_ip(&app.cfg, peer, &headers);
-    let dialect = routes::dialect_of(path);
-
-    let (route, resp) = match read_body(&mut request, app.cfg.max_body) {
-        Err(e) => ("-", e.into_resp(dialect)),
-        Ok(body) => match (decode_segments(path), parse_query(query_string)) {
-            (Some(segments), Some(query)) => {
-                let req = Req {
-                    method: method.clone(),
-                    path: path.to_string(),
-                    segments,
-                    query,
-                    headers,
-                    body,
-                    peer,
-                    client_ip,
-                    request_id: request_id.clone(),
-                };
-                let ctx = Ctx {
-                    app,
-                    db,
-                    now: now_ms(),
-                };
-                match catch_unwind(AssertUnwindSafe(|| routes::dispatch(&ctx, &req))) {
-                    Ok(answer) => answer,
-                    Err(panic) => {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        let route = routes::route_of(&req.method, &req.segments);
-                        log::error!("panic while handling {method} {route} [{request_id}]: {what}");
-                        (route, Error::Internal("panic".into()).into_resp(dialect))
-                    }
-                }
-            }
-            _ => (
-                "-",
-                Error::bad_request("Invalid percent-encoding in the request target")
-                    .into_resp(dialect),
-            ),
-        },
+    let body = read_body(&mut request, app.cfg.max_body);
+    let incoming = Incoming {
+        method,
+        url,
+        headers,
+        body,
+        peer,
+        client_ip,
+        request_id,
     };
+    let (method, request_id) = (incoming.method.clone(), incoming.request_id.clone());
+    let (route, resp) = respond(app, db, incoming);
     if resp.status == 500 {
         log::error!("500 for {method} {route} [{request_id}]");
     }
@@ -417,6 +393,81 @@ fn handle(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Request
         "{request_id} {ip} {method} {route} {status} {bytes} {:.1}ms",
         started.elapsed().as_secs_f64() * 1000.0
     );
+}
+
+/// A request off the wire, before routing: what [`respond`] needs, and nothing of tiny_http.
+pub struct Incoming {
+    pub method: String,
+    /// The request target: path and query string.
+    pub url: String,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body, or why it could not be read (too large, broken).
+    pub body: Result<Vec<u8>>,
+    pub peer: Option<IpAddr>,
+    pub client_ip: Option<IpAddr>,
+    pub request_id: String,
+}
+
+/// Routes one request and answers it: the route template (for logs and metrics) and the response.
+/// A panic in a handler is contained here and answered 500. The fuzz targets call this directly.
+pub fn respond(app: &App, db: &Reader, incoming: Incoming) -> (&'static str, Resp) {
+    let Incoming {
+        method,
+        url,
+        headers,
+        body,
+        peer,
+        client_ip,
+        request_id,
+    } = incoming;
+    let (path, query_string) = url.split_once('?').unwrap_or((&url, ""));
+    let dialect = routes::dialect_of(path);
+    match body {
+        Err(e) => ("-", e.into_resp(dialect)),
+        Ok(body) => match (decode_segments(path), parse_query(query_string)) {
+            (Some(segments), Some(query)) => {
+                let req = Req {
+                    method,
+                    path: path.to_string(),
+                    segments,
+                    query,
+                    headers,
+                    body,
+                    peer,
+                    client_ip,
+                    request_id,
+                };
+                let ctx = Ctx {
+                    app,
+                    db,
+                    now: now_ms(),
+                };
+                match catch_unwind(AssertUnwindSafe(|| routes::dispatch(&ctx, &req))) {
+                    Ok(answer) => answer,
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        let route = routes::route_of(&req.method, &req.segments);
+                        log::error!(
+                            "panic while handling {} {route} [{}]: {what}",
+                            req.method,
+                            req.request_id
+                        );
+                        (route, Error::Internal("panic".into()).into_resp(dialect))
+                    }
+                }
+            }
+            _ => (
+                "-",
+                Error::bad_request("Invalid percent-encoding in the request target")
+                    .into_resp(dialect),
+            ),
+        },
+    }
 }
 
 fn request_id(app: &App, request: &tiny_http::Request) -> String {
@@ -562,7 +613,7 @@ fn raise_file_limit() -> u64 {
 /// The HTTP edge's defences against slow, idle, oversized and too many clients (see the vendored
 /// tiny_http's PATCHED.md): each connection's own thread reads a whole request under
 /// `request_timeout` before a worker sees it, so a slow client never holds a worker.
-fn http_limits(cfg: &Config, open_files: u64) -> tiny_http::Limits {
+pub fn http_limits(cfg: &Config, open_files: u64) -> tiny_http::Limits {
     // Each connection holds two descriptors; keep room for the database, logs and backups.
     let reserve = 64 + 3 * cfg.threads as u64;
     let fit = (open_files.saturating_sub(reserve) / 2).max(1) as usize;

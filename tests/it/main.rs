@@ -6,6 +6,7 @@ mod bench;
 mod bruteforce;
 mod crash;
 mod faults;
+mod fuzz;
 mod hostile;
 mod lifecycle;
 mod model;
