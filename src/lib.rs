@@ -2,6 +2,7 @@
 //! what the fuzz targets under `tests/fuzz` drive directly. The modules are listed in
 //! ARCHITECTURE.md; nothing here is a stable API for other crates.
 
+pub mod access_log;
 pub mod api;
 pub mod auth;
 pub mod backups;

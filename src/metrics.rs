@@ -38,6 +38,8 @@ pub struct Snapshot<'a> {
     pub sessions: Vec<(String, String, i64)>,
     pub live_viewers: usize,
     pub writer: &'a WriterStats,
+    /// Access log lines dropped because their queue was full.
+    pub access_log_dropped: u64,
 }
 
 impl Metrics {
@@ -141,6 +143,12 @@ impl Metrics {
                 "The largest group commit so far.",
                 w.largest_batch.load(Ordering::Relaxed) as f64,
             ),
+            (
+                "sessiond_access_log_dropped_total",
+                "counter",
+                "Access log lines dropped because the log could not keep up.",
+                snap.access_log_dropped as f64,
+            ),
         ] {
             let n = t.family(name, kind, help);
             t.line(format!("{n} {value}"));
@@ -235,6 +243,7 @@ mod tests {
             sessions: vec![("share".into(), "active".into(), 2)],
             live_viewers: 4,
             writer: &stats,
+            access_log_dropped: 0,
         });
         assert!(
             text.contains("sessiond_http_requests_total{route=\"/sessions\",status=\"201\"} 2\n")

@@ -40,6 +40,7 @@ pub struct App {
     /// Failed sign-ins per email and per IP (SPEC §2: 5 in 5 minutes locks out for 5 minutes).
     pub login_throttle: Throttle,
     pub metrics: crate::metrics::Metrics,
+    pub access_log: crate::access_log::AccessLog,
     /// Set when shutdown begins: workers finish their request and stop taking new ones.
     pub stopping: AtomicBool,
     request_seq: AtomicU64,
@@ -56,6 +57,7 @@ impl App {
             anonymous_shares: RateLimiter::new(cfg.anonymous_share_rate, 60_000),
             login_throttle: Throttle::new(5, 300_000, 300_000),
             metrics: crate::metrics::Metrics::default(),
+            access_log: crate::access_log::AccessLog::start(),
             runtime_creates: RateLimiter::new(RUNTIME_CREATES_PER_MINUTE, 60_000),
             writer,
             stopping: AtomicBool::new(false),
@@ -197,6 +199,7 @@ pub fn serve(cfg: Config) -> Result<i32> {
             "sessiond: store it now; it is not shown again (change it with `sessiond user passwd`)"
         );
     }
+    let stored_viewers = db::shares::sessions_with_viewer_rows(&conn)?;
     let writer = Writer::start(conn);
 
     let listener = TcpListener::bind(cfg.listen)
@@ -207,7 +210,9 @@ pub fn serve(cfg: Config) -> Result<i32> {
             .map_err(|e| Error::Internal(format!("cannot start the HTTP server: {e}")))?,
     );
 
-    let app = Arc::new(App::new(cfg, writer));
+    let app = App::new(cfg, writer);
+    app.viewers.note_stored(stored_viewers);
+    let app = Arc::new(app);
 
     let term = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -294,6 +299,7 @@ pub fn serve(cfg: Config) -> Result<i32> {
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
     app.writer.shutdown(left);
+    app.access_log.finish();
     log::info!("stopped");
     Ok(if failed { 1 } else { 0 })
 }
@@ -388,11 +394,10 @@ pub fn handle(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Req
     let ip = client_ip
         .map(|i| i.to_string())
         .unwrap_or_else(|| "-".into());
-    log::info!(
-        target: "sessiond::access",
+    app.access_log.record(format_args!(
         "{request_id} {ip} {method} {route} {status} {bytes} {:.1}ms",
         started.elapsed().as_secs_f64() * 1000.0
-    );
+    ));
 }
 
 /// A request off the wire, before routing: what [`respond`] needs, and nothing of tiny_http.

@@ -7,7 +7,7 @@
 //! for `maxConcurrentViewers: N`. Argon2 checks happen outside the lock and are remembered (per viewer
 //! id, and per presented secret), so a viewer pays for a password once, not per request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use blake2::{Blake2b256, Digest};
@@ -129,6 +129,10 @@ pub struct Viewers {
     /// Wrong viewer passwords per session and address, and per session (see [`ATTEMPTS`]).
     attempts_by_ip: Throttle,
     attempts_by_session: Throttle,
+    /// Sessions that may have viewers or kicks in the store but no entry in memory: those found at
+    /// startup ([`Viewers::note_stored`]) and those whose entry was dropped with kicks. Any other
+    /// session without an entry has none, so reading it costs no query and no memory.
+    stored: Mutex<HashSet<i64>>,
 }
 
 /// Viewer-password guessing: 10 wrong passwords from one address for one session within 5 minutes
@@ -167,7 +171,17 @@ impl Viewers {
             idle_timeout,
             attempts_by_ip: Throttle::new(ATTEMPTS.0, 300_000, 300_000),
             attempts_by_session: Throttle::new(ATTEMPTS.1, 300_000, 60_000),
+            stored: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The sessions with viewer or kick rows in the store at startup.
+    pub fn note_stored(&self, sessions: impl IntoIterator<Item = i64>) {
+        self.stored().extend(sessions);
+    }
+
+    fn stored(&self) -> MutexGuard<'_, HashSet<i64>> {
+        self.stored.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn shard(&self, session_id: i64) -> MutexGuard<'_, HashMap<i64, Entry>> {
@@ -177,13 +191,29 @@ impl Viewers {
     }
 
     /// Makes sure the session's entry is in memory, loading it outside the lock.
+    /// (Locks: a shard, then `stored`; never the other way round.)
     fn ensure_loaded(&self, session_id: i64, load: impl FnOnce() -> Result<Loaded>) -> Result<()> {
-        if self.shard(session_id).contains_key(&session_id) {
-            return Ok(());
+        {
+            let mut shard = self.shard(session_id);
+            if shard.contains_key(&session_id) {
+                return Ok(());
+            }
+            if !self.stored().contains(&session_id) {
+                shard.insert(session_id, Entry::default());
+                return Ok(());
+            }
         }
         let loaded = Entry::from_store(load()?);
-        self.shard(session_id).entry(session_id).or_insert(loaded);
+        let mut shard = self.shard(session_id);
+        shard.entry(session_id).or_insert(loaded);
+        self.stored().remove(&session_id);
         Ok(())
+    }
+
+    /// True when the session has neither an entry nor rows in the store: nothing to show.
+    fn is_blank(&self, session_id: i64) -> bool {
+        let shard = self.shard(session_id);
+        !shard.contains_key(&session_id) && !self.stored().contains(&session_id)
     }
 
     /// Decides one viewer request, in the order of SPEC §4, and records the activity of an admitted one.
@@ -366,6 +396,9 @@ impl Viewers {
         now: Millis,
         load: impl FnOnce() -> Result<Loaded>,
     ) -> Result<(Vec<LiveViewer>, Vec<String>)> {
+        if self.is_blank(session_id) {
+            return Ok((Vec::new(), Vec::new()));
+        }
         self.ensure_loaded(session_id, load)?;
         let shard = self.shard(session_id);
         let Some(entry) = shard.get(&session_id) else {
@@ -427,10 +460,17 @@ impl Viewers {
 
     /// Applies a committed kick to the in-memory state.
     pub fn kick(&self, session_id: i64, viewer_id: &str) {
-        if let Some(entry) = self.shard(session_id).get_mut(&session_id) {
-            entry.viewers.remove(viewer_id);
-            if !entry.is_kicked(viewer_id) {
-                entry.kicked.push(viewer_id.to_string());
+        let mut shard = self.shard(session_id);
+        match shard.get_mut(&session_id) {
+            Some(entry) => {
+                entry.viewers.remove(viewer_id);
+                if !entry.is_kicked(viewer_id) {
+                    entry.kicked.push(viewer_id.to_string());
+                }
+            }
+            // The kick is in the store only: the next use must load it.
+            None => {
+                self.stored().insert(session_id);
             }
         }
     }
@@ -451,6 +491,7 @@ impl Viewers {
     /// Drops a deleted session (its stored viewers went with it).
     pub fn forget(&self, session_id: i64) {
         self.shard(session_id).remove(&session_id);
+        self.stored().remove(&session_id);
     }
 
     /// Takes the activity not yet written to the store.
@@ -495,12 +536,17 @@ impl Viewers {
     pub fn remove_idle(&self, cutoff: Millis) {
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            shard.retain(|_, entry| {
+            let mut dropped_with_kicks = Vec::new();
+            shard.retain(|id, entry| {
                 entry
                     .viewers
                     .retain(|_, v| v.last_seen_at >= cutoff || v.dirty);
+                if entry.viewers.is_empty() && !entry.kicked.is_empty() {
+                    dropped_with_kicks.push(*id);
+                }
                 !entry.viewers.is_empty()
             });
+            self.stored().extend(dropped_with_kicks);
         }
     }
 

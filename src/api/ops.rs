@@ -39,6 +39,11 @@ pub fn metrics(ctx: &Ctx, req: &Req) -> Result<Resp> {
         sessions: ctx.db.session_counts()?,
         live_viewers: ctx.app.viewers.live_count(ctx.now),
         writer: &ctx.app.writer.stats,
+        access_log_dropped: ctx
+            .app
+            .access_log
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
     };
     Ok(Resp::text(
         200,

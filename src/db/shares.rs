@@ -277,6 +277,16 @@ pub fn kick(tx: &Tx, session_id: i64, viewer_id: &str, now: Millis) -> Result<bo
     Ok(added > 0)
 }
 
+/// The sessions with viewer or kick rows, read once at startup (see `Viewers::note_stored`).
+pub fn sessions_with_viewer_rows(conn: &rusqlite::Connection) -> Result<Vec<i64>> {
+    let mut stmt =
+        conn.prepare("SELECT session_id FROM viewers UNION SELECT session_id FROM kicked_viewers")?;
+    let ids = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(ids)
+}
+
 /// Ends a live share session; returns false when it had already ended.
 pub fn end(tx: &Tx, session_id: i64, reason: &str, now: Millis) -> Result<bool> {
     let n = tx
