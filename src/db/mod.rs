@@ -66,7 +66,10 @@ pub fn open(path: &Path, access: Access, synchronous_full: bool) -> Result<Conne
     // some of our statements to be re-prepared whenever a parameter is rebound (the profile of
     // GET /sessions/:id showed a third of a worker's time in sqlite3Reprepare): every cached
     // statement was parsed and planned again on every request.
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     let sync = if synchronous_full { "FULL" } else { "NORMAL" };
     let pragmas = match access {
         Access::ReadWrite => format!(

@@ -525,14 +525,20 @@ fn bench() {
             for i in n..cold_n.max(n) {
                 s.execute(rusqlite::params![format!("sess_cold{i:028}"), i64::MAX / 2])
                     .unwrap();
-                sh.execute(rusqlite::params![tx.last_insert_rowid(), format!("cold-slug-{i}")])
-                    .unwrap();
+                sh.execute(rusqlite::params![
+                    tx.last_insert_rowid(),
+                    format!("cold-slug-{i}")
+                ])
+                .unwrap();
             }
         }
         tx.commit().unwrap();
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
     }
-    let total = query(&db, "SELECT count(*) FROM sessions")[0][0].as_i64().unwrap();
+    let total = query(&db, "SELECT count(*) FROM sessions")[0][0]
+        .as_i64()
+        .unwrap();
     eprintln!(
         "cold start ({total} sessions in the file, grown in {:.1} s; the page cache is warm):",
         grow.elapsed().as_secs_f64()

@@ -46,11 +46,23 @@ struct Route {
     body: Value,
     /// Callers (by name) entitled to this object: not probed here.
     entitled: &'static [&'static str],
-    /// The share dialect's documented order (SPEC §3, as upstream Wormkey): a missing session is
-    /// 404 for everyone, an existing one 401 without a valid credential. Its ids are 32 random
-    /// characters, so the order reveals nothing a prober could guess. A valid credential of
-    /// another account still gets exactly the missing answer.
-    not_found_first: bool,
+    order: Order,
+}
+
+/// How a route orders its answers (SPEC §1 and §3).
+#[derive(Clone, Copy, PartialEq)]
+enum Order {
+    /// Account-scoped: a stranger gets exactly the answer for a missing object.
+    Account,
+    /// The share dialect's documented order (as upstream Wormkey): a missing session is 404 for
+    /// everyone, an existing one 401 without a credential that counts there (owner token, API
+    /// key, service key). Share ids and slugs are random, so this reveals nothing a prober could
+    /// guess. An API key of another account still gets exactly the missing answer.
+    ShareNotFoundFirst,
+    /// Owner routes: 404 before 401, and only the owner token counts.
+    OwnerNotFoundFirst,
+    /// Gateway routes: 401 before 404 (as upstream), so every stranger gets the same 401.
+    GatewayFirst,
 }
 
 /// Status and body, with what differs per request (request ids) left out.
@@ -149,12 +161,11 @@ fn every_object_route_answers_strangers_exactly_as_for_a_missing_object() {
         .as_str()
         .unwrap()
         .to_string();
-    let share = server
+    let created = server
         .post_auth("/sessions", &key_a, &json!({"port": 3000}))
-        .expect(201)["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .expect(201);
+    let share = created["sessionId"].as_str().unwrap().to_string();
+    let share_slug = created["slug"].as_str().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(1100)); // key_expired is past its expiry now
 
     let uuid = "5e1b6a0c-2f4e-4b7a-9c1d-3e5f7a9b1c2d".to_string();
@@ -167,7 +178,7 @@ fn every_object_route_answers_strangers_exactly_as_for_a_missing_object() {
         missing: missing.clone(),
         body,
         entitled,
-        not_found_first: false,
+        order: Order::Account,
     };
     let users: &[&str] = &["m1", "m2"];
     let routes = vec![
@@ -277,14 +288,112 @@ fn every_object_route_answers_strangers_exactly_as_for_a_missing_object() {
             users,
         ),
         Route {
-            not_found_first: true,
+            order: Order::ShareNotFoundFirst,
             ..route("GET", "/sessions/{}", &share, &no_share, json!({}), &[])
         },
         Route {
-            not_found_first: true,
+            order: Order::ShareNotFoundFirst,
             ..route("DELETE", "/sessions/{}", &share, &no_share, json!({}), &[])
         },
     ];
+    let no_slug = "nobody-here-0000".to_string();
+    let mut routes = routes;
+    for (method, path, body, order) in [
+        (
+            "GET",
+            "/owner/sessions/by-slug/{}",
+            json!({}),
+            Order::OwnerNotFoundFirst,
+        ),
+        (
+            "POST",
+            "/owner/sessions/by-slug/{}/policy",
+            json!({"public": false}),
+            Order::OwnerNotFoundFirst,
+        ),
+        (
+            "POST",
+            "/owner/sessions/by-slug/{}/kick",
+            json!({"viewerId": "viewer000001"}),
+            Order::OwnerNotFoundFirst,
+        ),
+        (
+            "POST",
+            "/owner/sessions/by-slug/{}/close",
+            json!({}),
+            Order::OwnerNotFoundFirst,
+        ),
+        (
+            "POST",
+            "/sessions/by-slug/{}/policy",
+            json!({"public": false}),
+            Order::OwnerNotFoundFirst,
+        ),
+        (
+            "POST",
+            "/sessions/by-slug/{}/kick",
+            json!({"viewerId": "viewer000001"}),
+            Order::OwnerNotFoundFirst,
+        ),
+        (
+            "POST",
+            "/sessions/by-slug/{}/close",
+            json!({}),
+            Order::OwnerNotFoundFirst,
+        ),
+        (
+            "GET",
+            "/internal/sessions/by-slug/{}",
+            json!({}),
+            Order::GatewayFirst,
+        ),
+        (
+            "POST",
+            "/internal/sessions/by-slug/{}/policy",
+            json!({"public": false}),
+            Order::GatewayFirst,
+        ),
+        (
+            "POST",
+            "/internal/sessions/by-slug/{}/kick",
+            json!({"viewerId": "viewer000001"}),
+            Order::GatewayFirst,
+        ),
+        (
+            "POST",
+            "/internal/sessions/by-slug/{}/close",
+            json!({}),
+            Order::GatewayFirst,
+        ),
+        (
+            "POST",
+            "/internal/sessions/by-slug/{}/viewers",
+            json!({"viewers": []}),
+            Order::GatewayFirst,
+        ),
+        (
+            "POST",
+            "/internal/sessions/by-slug/{}/admit",
+            json!({"ip": "1.1.1.1", "path": "/"}),
+            Order::GatewayFirst,
+        ),
+    ] {
+        routes.push(Route {
+            order,
+            ..route(method, path, &share_slug, &no_slug, body, &[])
+        });
+    }
+    routes.push(Route {
+        order: Order::OwnerNotFoundFirst,
+        ..route(
+            "POST",
+            "/owner/sessions/{}/tokens",
+            &share,
+            &no_share,
+            json!({}),
+            &[],
+        )
+    });
     let unauthenticated: &[u16] = &[401];
     let creds = vec![
         Cred {
@@ -357,8 +466,18 @@ fn every_object_route_answers_strangers_exactly_as_for_a_missing_object() {
             // Login tokens are no credential in the share dialect (SPEC §3: owner token, API
             // key, service key), so there they are as good as none.
             let login_token = matches!(cred.name, "eve" | "m2");
-            if route.not_found_first && (cred.allowed == unauthenticated || login_token) {
+            let counts_as_none = match route.order {
+                Order::Account | Order::GatewayFirst => false,
+                Order::ShareNotFoundFirst => cred.allowed == unauthenticated || login_token,
+                Order::OwnerNotFoundFirst => true,
+            };
+            if counts_as_none {
                 assert_eq!(on_missing.0, 404, "{what}: {}", on_missing.1);
+                assert_eq!(on_existing.0, 401, "{what}: {}", on_existing.1);
+                continue;
+            }
+            if route.order == Order::GatewayFirst {
+                assert_eq!(on_existing, on_missing, "{what}");
                 assert_eq!(on_existing.0, 401, "{what}: {}", on_existing.1);
                 continue;
             }
@@ -466,5 +585,11 @@ fn every_object_route_answers_strangers_exactly_as_for_a_missing_object() {
         .expect(200);
     server.get_auth("/api/workspaces", &admin).expect(200);
     eprintln!("{probes} probes of {} routes", routes.len());
-    assert!(probes > 100);
+    assert!(probes > 200);
+    // Nothing a stranger did changed the share.
+    let view = server
+        .get_auth(&format!("/sessions/{share}"), &key_a)
+        .expect(200);
+    assert_eq!(view["closed"], false);
+    assert_eq!(view["policy"]["public"], true);
 }
