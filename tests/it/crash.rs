@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::support::*;
 use crate::workspace::{ADMIN_EMAIL, ADMIN_PASSWORD, login};
 
@@ -62,81 +64,45 @@ fn hammer(addr: String, token: String, acked: Arc<Mutex<Acked>>, stop: Arc<Atomi
     let mut rng = Rng(seed | 1);
     let bearer = format!("Bearer {token}");
     let mut open: Vec<(String, String)> = Vec::new(); // (slug, owner token)
-    // A request without an answer means the server is gone: stop. An answer that is not a 2xx
-    // records nothing and the writer goes on.
-    let ok = |r: &Option<Resp>| r.as_ref().is_some_and(|r| (200..300).contains(&r.status));
+    // A POST's outcome: `Err(())` when there was no answer (the server is gone: stop),
+    // `Ok(None)` for an answer that is not a 2xx (nothing to record), `Ok(Some(body))` for a 2xx.
+    let post = |path: &str, auth: Option<&str>| -> Result<Option<Value>, ()> {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        let r = try_request(&addr, "POST", path, &headers, Some(b"{}")).ok_or(())?;
+        Ok((200..300).contains(&r.status).then(|| r.json()))
+    };
     while !stop.load(Ordering::SeqCst) {
-        match rng.below(4) {
-            0 | 1 => {
-                let r = try_request(&addr, "POST", "/sessions", &[], Some(b"{}"));
-                if r.is_none() {
-                    return;
-                }
-                if !ok(&r) {
-                    continue;
-                }
-                let v = r.unwrap().json();
+        let step = match rng.below(4) {
+            0 | 1 => post("/sessions", None).map(|v| {
+                let v = v?;
                 let id = v["sessionId"].as_str().unwrap().to_string();
-                open.push((
-                    v["slug"].as_str().unwrap().to_string(),
-                    v["ownerToken"].as_str().unwrap().to_string(),
-                ));
+                let slug = v["slug"].as_str().unwrap().to_string();
+                open.push((slug, v["ownerToken"].as_str().unwrap().to_string()));
                 acked.lock().unwrap().shares.push(id);
-            }
+                Some(())
+            }),
             2 if !open.is_empty() => {
                 let (slug, owner) = open.swap_remove(rng.below(open.len() as u64) as usize);
                 let path = format!("/sessions/by-slug/{slug}/close");
-                let auth = format!("Bearer {owner}");
-                let r = try_request(
-                    &addr,
-                    "POST",
-                    &path,
-                    &[("Authorization", &auth)],
-                    Some(b"{}"),
-                );
-                if r.is_none() {
-                    return;
-                }
-                if !ok(&r) {
-                    continue;
-                }
-                acked.lock().unwrap().closed_shares.push(slug);
+                post(&path, Some(&format!("Bearer {owner}"))).map(|v| {
+                    v?;
+                    acked.lock().unwrap().closed_shares.push(slug);
+                    Some(())
+                })
             }
-            _ => {
-                let r = try_request(
-                    &addr,
-                    "POST",
-                    "/api/workspaces/ws-sap-neogenesys/launch",
-                    &[("Authorization", &bearer)],
-                    Some(b"{}"),
-                );
-                if r.is_none() {
-                    return;
-                }
-                if !ok(&r) {
-                    continue;
-                }
-                let sid = r.unwrap().json()["session_id"]
-                    .as_str()
-                    .unwrap()
-                    .to_string();
+            _ => post("/api/workspaces/ws-sap-neogenesys/launch", Some(&bearer)).and_then(|v| {
+                let Some(v) = v else { return Ok(None) };
+                let sid = v["session_id"].as_str().unwrap().to_string();
                 acked.lock().unwrap().launched.push(sid.clone());
-                let path = format!("/api/sessions/{sid}/disconnect");
-                let r = try_request(
-                    &addr,
-                    "POST",
-                    &path,
-                    &[("Authorization", &bearer)],
-                    Some(b"{}"),
-                );
-                if r.is_none() {
-                    return;
+                let done = post(&format!("/api/sessions/{sid}/disconnect"), Some(&bearer))?;
+                if done.is_some() {
+                    acked.lock().unwrap().disconnected.push(sid);
                 }
-                if !ok(&r) {
-                    continue;
-                }
-                acked.lock().unwrap().disconnected.push(sid);
-            }
+                Ok(Some(()))
+            }),
+        };
+        if step.is_err() {
+            return;
         }
     }
 }
