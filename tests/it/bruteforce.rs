@@ -64,7 +64,9 @@ fn label((status, detail): (u16, String)) -> String {
 #[test]
 fn a_thousand_wrong_logins_reach_the_password_check_only_a_handful_of_times() {
     let server = Server::start_with(Opts::default().arg("--trusted-proxies", "127.0.0.1"));
-    let threads = 16;
+    // Four clients at a time fit the argon2 permits and queue (2 + 4), so no attempt is turned
+    // away as busy and the count of checked guesses does not depend on the machine's speed.
+    let threads = 4;
     // One email, from a thousand addresses: the email locks.
     let addr = server.addr.clone();
     let by_email = storm(1000, threads, move |i| {
@@ -81,24 +83,21 @@ fn a_thousand_wrong_logins_reach_the_password_check_only_a_handful_of_times() {
         .copied()
         .unwrap_or(0);
     assert!(
-        (1..=5 + threads).contains(&checked),
+        (5..=5 + threads).contains(&checked),
         "{checked} guesses reached the password check: {by_email:?}"
     );
-    // Everything else was refused without a password check: locked out, or (before the lock
-    // engaged) turned away by the full argon2 queue.
+    // Everything else was refused without a password check.
     let locked = by_email
         .get("429 Too many failed login attempts; try again later")
         .copied()
         .unwrap_or(0);
-    let busy = by_email
-        .get("429 Too many sign-ins at once; try again in a moment")
-        .copied()
-        .unwrap_or(0);
-    assert_eq!(checked + locked + busy, 1000, "{by_email:?}");
-    assert!(locked > 0);
+    assert_eq!(checked + locked, 1000, "{by_email:?}");
     // The right password does not get through while locked.
-    let (status, _) = login_as(&server.addr, ADMIN_EMAIL, ADMIN_PASSWORD, "10.9.9.9");
-    assert_eq!(status, 429);
+    let answer = login_as(&server.addr, ADMIN_EMAIL, ADMIN_PASSWORD, "10.9.9.9");
+    assert_eq!(
+        label(answer),
+        "429 Too many failed login attempts; try again later"
+    );
 
     // One address, a thousand emails: the address locks.
     let addr = server.addr.clone();
@@ -112,7 +111,12 @@ fn a_thousand_wrong_logins_reach_the_password_check_only_a_handful_of_times() {
     });
     eprintln!("many emails, one address: {by_ip:?}");
     let checked = by_ip.get("401 Invalid credentials").copied().unwrap_or(0);
-    assert!((1..=5 + threads).contains(&checked), "{by_ip:?}");
+    assert!((5..=5 + threads).contains(&checked), "{by_ip:?}");
+    let answer = login_as(&server.addr, "someone-else@example.com", "x", "10.2.0.1");
+    assert_eq!(
+        label(answer),
+        "429 Too many failed login attempts; try again later"
+    );
     // Failures and lockouts are audited; nothing got in.
     let audited =
         server.query("SELECT status, count(*) FROM audit WHERE action = 'login' GROUP BY status");
@@ -168,7 +172,7 @@ fn a_thousand_wrong_viewer_passwords_lock_out_the_guesser_not_the_viewers() {
     assert_eq!(before["allow"], true);
     let viewer = before["viewerId"].as_str().unwrap().to_string();
 
-    let threads = 8;
+    let threads = 4; // as above: no busy refusals, so the lockout is certain
     let addr = server.addr.clone();
     let s = slug.clone();
     let one_ip = storm(1000, threads, move |i| {
@@ -179,9 +183,8 @@ fn a_thousand_wrong_viewer_passwords_lock_out_the_guesser_not_the_viewers() {
     });
     eprintln!("one address: {one_ip:?}");
     let checked = one_ip.get("password_required").copied().unwrap_or(0);
-    assert!((1..=10 + threads).contains(&checked), "{one_ip:?}");
-    let refused = one_ip.get("too_many_attempts").copied().unwrap_or(0)
-        + one_ip.get("busy").copied().unwrap_or(0);
+    assert!((10..=10 + threads).contains(&checked), "{one_ip:?}");
+    let refused = one_ip.get("too_many_attempts").copied().unwrap_or(0);
     assert_eq!(checked + refused, 1000, "{one_ip:?}");
     // The guesser is locked out even with the right password; others are not.
     let r = admit_as(&server.addr, &slug, "198.51.100.7", Some("hunter22"), None);
