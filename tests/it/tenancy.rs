@@ -126,41 +126,36 @@ fn every_object_route_answers_strangers_exactly_as_for_a_missing_object() {
         .delete_auth(&format!("/v1/keys/{revoked_id}"), &key_a)
         .expect(200);
 
-    // Objects of account `personal` (A).
-    let ws_session = server
-        .post_auth("/api/workspaces/ws-sap-neogenesys/launch", &m1, &json!({}))
-        .expect(200)["session_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let workspace = server
-        .post_auth(
-            "/api/workspaces",
-            &admin,
-            &json!({"id": "ws-tenancy", "name": "Tenancy", "type": "web"}),
-        )
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let runtime = server
-        .post_auth("/v1/sessions", &key_a, &json!({}))
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let rt_workspace = server
-        .post_auth("/v1/workspaces", &key_a, &json!({"name": "tenancy"}))
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let victim_key = server
-        .post_auth("/v1/keys", &key_a, &json!({"name": "victim"}))
-        .expect(201)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // Objects of account `personal` (A): each made by its owner, its id taken from the answer.
+    let make = |path: &str, auth: &str, body: Value, status: u16, key: &str| -> String {
+        server.post_auth(path, auth, &body).expect(status)[key]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ws_session = make(
+        "/api/workspaces/ws-sap-neogenesys/launch",
+        &m1,
+        json!({}),
+        200,
+        "session_id",
+    );
+    let workspace = make(
+        "/api/workspaces",
+        &admin,
+        json!({"id": "ws-tenancy", "name": "Tenancy", "type": "web"}),
+        201,
+        "id",
+    );
+    let runtime = make("/v1/sessions", &key_a, json!({}), 201, "id");
+    let rt_workspace = make(
+        "/v1/workspaces",
+        &key_a,
+        json!({"name": "tenancy"}),
+        201,
+        "id",
+    );
+    let victim_key = make("/v1/keys", &key_a, json!({"name": "victim"}), 201, "id");
     let created = server
         .post_auth("/sessions", &key_a, &json!({"port": 3000}))
         .expect(201);
