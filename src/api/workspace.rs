@@ -109,11 +109,7 @@ fn workspace_view(w: &Workspace) -> WorkspaceView<'_> {
         description: &w.description,
         image_url: &w.image_url,
         // Derived from the store: running while it has an active session (upstream kept one global flag).
-        status: if w.active_sessions > 0 {
-            "running"
-        } else {
-            "available"
-        },
+        status: if w.active { "running" } else { "available" },
         cpu: w.cpu,
         memory: &w.memory,
         storage: &w.storage,
@@ -734,10 +730,7 @@ pub fn launch(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
         audit::record(tx, &entry, now)?;
         Ok(uid)
     })?;
-    let w = Workspace {
-        active_sessions: w.active_sessions + 1,
-        ..w
-    };
+    let w = Workspace { active: true, ..w };
     let iframe = w.launch_mode == "iframe";
     let connection_url = w
         .url

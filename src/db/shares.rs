@@ -327,16 +327,37 @@ pub fn insert_scoped_token(
 }
 
 /// Writes absorbed viewer activity. Rows of sessions deleted meanwhile are skipped.
+///
+/// Each row is a single-row `INSERT … VALUES … ON CONFLICT DO UPDATE`, with the session's existence
+/// checked once per session beforehand. (An `INSERT … SELECT … WHERE EXISTS` is a multi-row write
+/// to SQLite, which then opens and closes a statement journal for every row; inside the job's
+/// savepoint that cost grew with the flush, and a flush of 100,000 viewers held the writer, and
+/// every other write behind it, for seconds.)
 pub fn upsert_viewers(tx: &Tx, batch: &[(i64, ViewerRow)]) -> Result<()> {
-    let mut stmt = tx.conn.prepare_cached(
+    let mut exists = tx
+        .conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?1)")?;
+    let mut upsert = tx.conn.prepare_cached(
         "INSERT INTO viewers (session_id, viewer_id, last_seen_at, requests, ip, password_ok)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?1)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (session_id, viewer_id) DO UPDATE SET
             last_seen_at = max(last_seen_at, excluded.last_seen_at), requests = excluded.requests,
             ip = coalesce(excluded.ip, ip), password_ok = excluded.password_ok",
     )?;
+    let mut known: std::collections::HashMap<i64, bool> = std::collections::HashMap::new();
     for (session_id, v) in batch {
-        stmt.execute(params![
+        let live = match known.get(session_id) {
+            Some(live) => *live,
+            None => {
+                let live: bool = exists.query_row([session_id], |r| r.get(0))?;
+                known.insert(*session_id, live);
+                live
+            }
+        };
+        if !live {
+            continue;
+        }
+        upsert.execute(params![
             session_id,
             v.viewer_id,
             v.last_seen_at,

@@ -12,7 +12,7 @@ const WORKSPACE_COLUMNS: &str =
     "w.id, w.uid, w.name, w.type, w.description, w.image_url, w.cpu, w.memory,
     w.storage, w.url, w.connection_type, w.requires_netbird, w.clientless, w.launch_mode, w.icon,
     w.max_session_duration, w.idle_timeout,
-    (SELECT count(*) FROM sessions s WHERE s.workspace_id = w.id AND s.status = 'active')";
+    EXISTS (SELECT 1 FROM sessions s WHERE s.workspace_id = w.id AND s.status = 'active')";
 
 fn workspace_from_row(r: &Row) -> rusqlite::Result<Workspace> {
     Ok(Workspace {
@@ -33,7 +33,7 @@ fn workspace_from_row(r: &Row) -> rusqlite::Result<Workspace> {
         icon: r.get(14)?,
         max_session_duration: r.get(15)?,
         idle_timeout: r.get(16)?,
-        active_sessions: r.get(17)?,
+        active: r.get(17)?,
     })
 }
 
@@ -264,13 +264,13 @@ pub fn update_workspace(tx: &Tx, w: &Workspace) -> Result<()> {
 
 /// Soft-deletes a workspace unless it has active sessions (409).
 pub fn delete_workspace(tx: &Tx, row_id: i64, now: Millis) -> Result<()> {
-    let active: i64 = tx
+    let active: bool = tx
         .conn
         .prepare_cached(
-            "SELECT count(*) FROM sessions WHERE workspace_id = ?1 AND ended_at IS NULL",
+            "SELECT EXISTS (SELECT 1 FROM sessions WHERE workspace_id = ?1 AND ended_at IS NULL)",
         )?
         .query_row([row_id], |r| r.get(0))?;
-    if active > 0 {
+    if active {
         return Err(Error::Conflict("Workspace has active sessions".into()));
     }
     tx.conn

@@ -111,8 +111,9 @@ pub struct Workspace {
     pub max_session_duration: Option<i64>,
     /// Seconds without a heartbeat after which the reaper ends a session.
     pub idle_timeout: Option<i64>,
-    /// Derived: how many sessions on it are active.
-    pub active_sessions: i64,
+    /// Derived: at least one session on it is active. (An existence test, not a count: a count
+    /// grew with every launch on a busy workspace.)
+    pub active: bool,
 }
 
 /// The catalogue every new account starts with.
