@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::{Fields, credential, gateway, json_object};
 use crate::auth;
-use crate::db::accounts::CredentialKind;
+use crate::db::accounts::{Credential, CredentialKind};
 use crate::db::shares::{self, NewShare};
 use crate::db::{Reader, audit};
 use crate::domain::share::{
@@ -100,9 +100,37 @@ const OWNER_ONLY: Allow = Allow {
     internal: false,
 };
 
-/// Checks the caller against an existing session. A key of another account answers like a missing
-/// session.
-fn authorize(ctx: &Ctx, req: &Req, share: &Share, allow: Allow) -> Result<Access> {
+/// The API key a caller presents on a route that takes account keys, resolved once and checked for
+/// the route's scope before the session is looked up: a key without the scope gets the same 403
+/// for a missing session as for an existing one, and learns nothing. `None` for any other bearer
+/// (API keys are told apart by their prefix, so owner tokens cost no lookup).
+fn account_key(ctx: &Ctx, req: &Req, allow: Allow) -> Result<Option<Credential>> {
+    let (Some(scope), Some(token)) = (allow.account_scope, req.bearer()) else {
+        return Ok(None);
+    };
+    if !token.starts_with(crate::auth::API_KEY_PREFIX) {
+        return Ok(None);
+    }
+    let Some(key) = credential(ctx, token, &[CredentialKind::ApiKey])? else {
+        return Ok(None);
+    };
+    if !key.has_scope(scope) {
+        return Err(Error::Forbidden(format!(
+            "This key lacks the {scope} scope"
+        )));
+    }
+    Ok(Some(key))
+}
+
+/// Checks the caller against an existing session, with the key [`account_key`] resolved (if the
+/// route takes one). A key of another account answers like a missing session.
+fn authorize(
+    ctx: &Ctx,
+    req: &Req,
+    share: &Share,
+    allow: Allow,
+    key: Option<Credential>,
+) -> Result<Access> {
     let Some(token) = req.bearer() else {
         return Err(unauthorized());
     };
@@ -114,43 +142,19 @@ fn authorize(ctx: &Ctx, req: &Req, share: &Share, allow: Allow) -> Result<Access
             return Ok(Access::Internal(actor));
         }
     }
-    if let Some(scope) = allow.account_scope {
-        if let Some(key) = credential(ctx, token, &[CredentialKind::ApiKey])? {
-            if key.account_id != Some(share.account_id) {
-                return Err(not_found());
-            }
-            if !key.has_scope(scope) {
-                return Err(Error::Forbidden(format!(
-                    "This key lacks the {scope} scope"
-                )));
-            }
-            let actor = Actor {
-                kind: ActorType::ApiKey,
-                id: Some(key.uid),
-                email: None,
-                ip: req.client_ip_string(),
-            };
-            return Ok(Access::Account(actor));
+    if let Some(key) = key {
+        if key.account_id != Some(share.account_id) {
+            return Err(not_found());
         }
+        let actor = Actor {
+            kind: ActorType::ApiKey,
+            id: Some(key.uid),
+            email: None,
+            ip: req.client_ip_string(),
+        };
+        return Ok(Access::Account(actor));
     }
     Err(unauthorized())
-}
-
-/// Refuses an API key that lacks the route's scope before the session is looked up, so that such
-/// a key gets the same 403 for a missing session as for an existing one and learns nothing.
-fn refuse_unscoped_key(ctx: &Ctx, req: &Req, allow: Allow) -> Result<()> {
-    let (Some(scope), Some(token)) = (allow.account_scope, req.bearer()) else {
-        return Ok(());
-    };
-    if !token.starts_with(crate::auth::API_KEY_PREFIX) {
-        return Ok(());
-    }
-    match credential(ctx, token, &[CredentialKind::ApiKey])? {
-        Some(key) if !key.has_scope(scope) => Err(Error::Forbidden(format!(
-            "This key lacks the {scope} scope"
-        ))),
-        _ => Ok(()),
-    }
 }
 
 fn require_gateway(ctx: &Ctx, req: &Req) -> Result<Actor> {
@@ -468,9 +472,9 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
 
 /// `GET /sessions/:id`
 pub fn get(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
-    refuse_unscoped_key(ctx, req, OWNER_ACCOUNT_INTERNAL_READ)?;
+    let key = account_key(ctx, req, OWNER_ACCOUNT_INTERNAL_READ)?;
     let share = share_by_uid(ctx, id)?;
-    let access = authorize(ctx, req, &share, OWNER_ACCOUNT_INTERNAL_READ)?;
+    let access = authorize(ctx, req, &share, OWNER_ACCOUNT_INTERNAL_READ, key)?;
     full_view(ctx, &share, access.owner_token())
 }
 
@@ -480,7 +484,8 @@ pub fn get_by_slug(ctx: &Ctx, req: &Req, slug: &str) -> Result<Resp> {
     if req.bearer().is_none() {
         return Ok(public_view(ctx, &share));
     }
-    match authorize(ctx, req, &share, OWNER_ACCOUNT_INTERNAL_READ) {
+    let allow = OWNER_ACCOUNT_INTERNAL_READ;
+    match account_key(ctx, req, allow).and_then(|key| authorize(ctx, req, &share, allow, key)) {
         Ok(access) => full_view(ctx, &share, access.owner_token()),
         Err(Error::Unauthorized(_) | Error::NotFound(_) | Error::Forbidden(_)) => {
             Ok(public_view(ctx, &share))
@@ -492,7 +497,7 @@ pub fn get_by_slug(ctx: &Ctx, req: &Req, slug: &str) -> Result<Resp> {
 /// `GET /owner/sessions/by-slug/:slug`
 pub fn owner_get_by_slug(ctx: &Ctx, req: &Req, slug: &str) -> Result<Resp> {
     let share = share_by_slug(ctx, slug)?;
-    let access = authorize(ctx, req, &share, OWNER_ONLY)?;
+    let access = authorize(ctx, req, &share, OWNER_ONLY, None)?;
     full_view(ctx, &share, access.owner_token())
 }
 
@@ -523,7 +528,7 @@ fn by_slug_for_change(ctx: &Ctx, req: &Req, slug: &str, via: Via) -> Result<(Sha
         }
         Via::OwnerOrGateway => {
             let share = share_by_slug(ctx, slug)?;
-            let actor = authorize(ctx, req, &share, OWNER_INTERNAL)?.actor(&share, req);
+            let actor = authorize(ctx, req, &share, OWNER_INTERNAL, None)?.actor(&share, req);
             Ok((share, actor))
         }
     }
@@ -701,9 +706,9 @@ pub fn close(ctx: &Ctx, req: &Req, slug: &str, via: Via) -> Result<Resp> {
 
 /// `DELETE /sessions/:id`
 pub fn delete(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
-    refuse_unscoped_key(ctx, req, OWNER_ACCOUNT_INTERNAL_WRITE)?;
+    let key = account_key(ctx, req, OWNER_ACCOUNT_INTERNAL_WRITE)?;
     let share = share_by_uid(ctx, id)?;
-    let actor = authorize(ctx, req, &share, OWNER_ACCOUNT_INTERNAL_WRITE)?.actor(&share, req);
+    let actor = authorize(ctx, req, &share, OWNER_ACCOUNT_INTERNAL_WRITE, key)?.actor(&share, req);
     let (row, account, uid, slug, now) = (
         share.id,
         share.account_id,
@@ -733,7 +738,7 @@ pub fn delete(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
 /// `POST /owner/sessions/:id/tokens`
 pub fn create_token(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
     let share = share_by_uid(ctx, id)?;
-    authorize(ctx, req, &share, OWNER_ONLY)?;
+    authorize(ctx, req, &share, OWNER_ONLY, None)?;
     let body = json_object(req)?;
     let f = Fields::new(&body);
     let name = f.str("name")?.unwrap_or("agent").to_string();
