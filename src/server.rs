@@ -587,9 +587,8 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit: each connection costs a descriptor and
-/// tiny_http's accept loop dies on EMFILE.
-/// Raises the open-file limit to its hard limit and returns the limit in force.
+/// Raises the soft limit on open files to the hard limit (each connection costs two descriptors)
+/// and returns the limit in force, which caps `max_connections`.
 fn raise_file_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
