@@ -107,59 +107,6 @@ fn hammer(addr: String, token: String, acked: Arc<Mutex<Acked>>, stop: Arc<Atomi
     }
 }
 
-/// Like `request`, but `None` when the connection fails or breaks (the server is gone).
-fn try_request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> Option<Resp> {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        raw.push_str(&format!("{k}: {v}\r\n"));
-    }
-    let body = body.unwrap_or_default();
-    raw.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .ok()?;
-    stream.write_all(raw.as_bytes()).ok()?;
-    stream.write_all(body).ok()?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (k, v) = line.split_once(':')?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))?
-        .1
-        .parse()
-        .ok()?;
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).ok()?;
-    Some(Resp {
-        status,
-        headers,
-        body,
-    })
-}
-
 fn column(db: &Server, sql: &str) -> HashSet<String> {
     db.query(sql)
         .into_iter()

@@ -400,6 +400,19 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Resp {
+    try_request(addr, method, path, headers, body)
+        .unwrap_or_else(|| panic!("no complete answer from {addr} to {method} {path}"))
+}
+
+/// Like [`request`], but `None` when the connection fails or breaks before a whole answer (for
+/// tests that kill the server under load).
+pub fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Option<Resp> {
     let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         raw.push_str(&format!("{k}: {v}\r\n"));
@@ -412,32 +425,39 @@ pub fn request(
     if let Some(b) = body {
         bytes.extend_from_slice(b);
     }
-    raw_request(addr, &bytes)
+    try_raw_request(addr, &bytes)
 }
 
 /// Sends raw bytes and parses the response (for malformed requests).
 pub fn raw_request(addr: &str, bytes: &[u8]) -> Resp {
-    let mut stream = TcpStream::connect(addr).expect("connect");
+    try_raw_request(addr, bytes).unwrap_or_else(|| panic!("no complete answer from {addr}"))
+}
+
+fn try_raw_request(addr: &str, bytes: &[u8]) -> Option<Resp> {
+    let mut stream = TcpStream::connect(addr).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(bytes).unwrap();
-    let mut reader = BufReader::new(stream);
-    read_response(&mut reader)
+        .ok()?;
+    stream.write_all(bytes).ok()?;
+    try_read_response(&mut BufReader::new(stream))
 }
 
 pub fn read_response(reader: &mut impl BufRead) -> Resp {
+    try_read_response(reader).expect("a complete response")
+}
+
+/// Parses one response: status line, headers, and a body framed by `Content-Length`, chunked
+/// (tiny_http sends bodies over 32 KiB chunked), or by the end of the connection.
+pub fn try_read_response(reader: &mut impl BufRead) -> Option<Resp> {
     let mut status_line = String::new();
-    reader.read_line(&mut status_line).expect("status line");
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    reader.read_line(&mut status_line).ok()?;
+    let status: u16 = status_line.split_whitespace().nth(1)?.parse().ok()?;
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
         let line = line.trim_end();
         if line.is_empty() {
             break;
@@ -456,12 +476,11 @@ pub fn read_response(reader: &mut impl BufRead) -> Resp {
     let mut body = Vec::new();
     match len {
         _ if chunked => loop {
-            // tiny_http sends bodies over 32 KiB chunked.
             let mut size = String::new();
-            reader.read_line(&mut size).unwrap();
-            let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            reader.read_line(&mut size).ok()?;
+            let size = usize::from_str_radix(size.trim(), 16).ok()?;
             let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).unwrap();
+            reader.read_exact(&mut chunk).ok()?;
             if size == 0 {
                 break;
             }
@@ -469,17 +488,17 @@ pub fn read_response(reader: &mut impl BufRead) -> Resp {
         },
         Some(n) => {
             body.resize(n, 0);
-            reader.read_exact(&mut body).unwrap();
+            reader.read_exact(&mut body).ok()?;
         }
         None => {
             let _ = reader.read_to_end(&mut body);
         }
     }
-    Resp {
+    Some(Resp {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// Polls `f` until it returns true or `timeout` passes.

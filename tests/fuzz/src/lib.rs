@@ -118,20 +118,25 @@ fn make_world() -> World {
 
 impl World {
     fn call(&self, method: &str, url: &str, bearer: Option<String>, body: String) -> Resp {
-        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
-        if let Some(b) = bearer {
-            headers.push(("authorization".into(), format!("Bearer {b}")));
-        }
-        let incoming = Incoming {
-            method: method.to_string(),
-            url: url.to_string(),
-            headers,
-            body: Ok(body.into_bytes()),
-            peer: Some([127, 0, 0, 1].into()),
-            client_ip: Some([127, 0, 0, 1].into()),
-            request_id: "fuzz".into(),
-        };
+        let incoming = incoming(method, url, bearer, body.into_bytes());
         server::respond(&self.app, &self.reader, incoming).1
+    }
+}
+
+/// A JSON request from loopback, as `server::respond` takes it.
+fn incoming(method: &str, url: &str, bearer: Option<String>, body: Vec<u8>) -> Incoming {
+    let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+    if let Some(b) = bearer {
+        headers.push(("authorization".into(), format!("Bearer {b}")));
+    }
+    Incoming {
+        method: method.to_string(),
+        url: url.to_string(),
+        headers,
+        body: Ok(body),
+        peer: Some([127, 0, 0, 1].into()),
+        client_ip: Some([127, 0, 0, 1].into()),
+        request_id: "fuzz".into(),
     }
 }
 
@@ -180,19 +185,7 @@ pub fn dispatch(routes: &[Route], data: &[u8]) {
             Auth::Login => Some(w.login.clone()),
             Auth::ApiKey => Some(w.api_key.clone()),
         };
-        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
-        if let Some(b) = bearer {
-            headers.push(("authorization".into(), format!("Bearer {b}")));
-        }
-        let incoming = Incoming {
-            method: route.method.to_string(),
-            url,
-            headers,
-            body: Ok(body.to_vec()),
-            peer: Some([127, 0, 0, 1].into()),
-            client_ip: Some([127, 0, 0, 1].into()),
-            request_id: "fuzz".into(),
-        };
+        let incoming = incoming(route.method, &url, bearer, body.to_vec());
         let (route_name, resp) = server::respond(&w.app, &w.reader, incoming);
         assert!(
             resp.status != 500,
