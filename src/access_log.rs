@@ -6,7 +6,7 @@
 //! `RUST_LOG` enables `sessiond::access` at info. When the queue is full (the destination is stuck)
 //! a line is dropped and counted (`sessiond_access_log_dropped_total`); the request goes on.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,7 +79,12 @@ impl AccessLog {
             log::info!(target: "sessiond::access", "{args}");
             return;
         };
-        let line = format!("[{} INFO  sessiond::access] {args}\n", rfc3339(now_ms()));
+        let mut line = String::with_capacity(160);
+        let _ = writeln!(
+            line,
+            "[{} INFO  sessiond::access] {args}",
+            rfc3339(now_ms())
+        );
         match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {

@@ -28,7 +28,10 @@ pub struct RuntimeSession {
     pub snapshot_at: Option<Millis>,
 }
 
-const SESSION_SELECT: &str = "SELECT s.id, s.uid, s.account_id, s.created_at, s.dialect, s.status, s.ended_at IS NOT NULL,
+/// SQL text, a macro so that queries are built with `concat!` at compile time.
+macro_rules! session_select {
+    () => {
+        "SELECT s.id, s.uid, s.account_id, s.created_at, s.dialect, s.status, s.ended_at IS NOT NULL,
        s.session_type, w.uid, coalesce(r.persistent, 0), r.active_leases, r.endpoints, r.snapshot_status,
        r.snapshot_leases, r.snapshot_endpoints, r.snapshot_at,
        CASE WHEN s.ended_at IS NULL AND r.snapshot_at >= ?1 THEN r.snapshot_status
@@ -36,7 +39,9 @@ const SESSION_SELECT: &str = "SELECT s.id, s.uid, s.account_id, s.created_at, s.
             ELSE s.status END AS effective_status
   FROM sessions s
   LEFT JOIN workspaces w ON w.id = s.workspace_id
-  LEFT JOIN runtime_sessions r ON r.session_id = s.id";
+  LEFT JOIN runtime_sessions r ON r.session_id = s.id"
+    };
+}
 
 fn session_from_row(r: &Row) -> rusqlite::Result<RuntimeSession> {
     Ok(RuntimeSession {
@@ -83,10 +88,15 @@ pub struct RuntimeWorkspace {
     pub active_session_id: Option<String>,
 }
 
-const WORKSPACE_SELECT: &str = "SELECT w.id, w.uid, w.name, w.image, w.template, w.type, w.created_at,
+/// SQL text, a macro so that queries are built with `concat!` at compile time.
+macro_rules! workspace_select {
+    () => {
+        "SELECT w.id, w.uid, w.name, w.image, w.template, w.type, w.created_at,
        (SELECT s.uid FROM sessions s WHERE s.workspace_id = w.id ORDER BY s.id DESC LIMIT 1),
        (SELECT s.uid FROM sessions s WHERE s.workspace_id = w.id AND s.ended_at IS NULL ORDER BY s.id DESC LIMIT 1)
-  FROM workspaces w";
+  FROM workspaces w"
+    };
+}
 
 fn workspace_from_row(r: &Row) -> rusqlite::Result<RuntimeWorkspace> {
     Ok(RuntimeWorkspace {
@@ -120,6 +130,15 @@ pub struct AccountRow {
     pub created_at: Millis,
 }
 
+/// The filter of [`Reader::runtime_sessions`], shared by its page and its count.
+macro_rules! runtime_condition {
+    () => {
+        "s.account_id = ?2 AND s.dialect IN ('runtime', 'workspace')
+            AND (?3 IS NULL OR effective_status = ?3) AND (?4 IS NULL OR s.session_type = ?4)
+            AND (?5 IS NULL OR w.uid = ?5)"
+    };
+}
+
 impl Reader {
     pub fn runtime_session(
         &self,
@@ -127,27 +146,28 @@ impl Reader {
         uid: &str,
         fresh_since: Millis,
     ) -> Result<Option<RuntimeSession>> {
-        let sql = format!(
-            "{SESSION_SELECT} WHERE s.uid = ?2 AND s.account_id = ?3 AND s.dialect IN ('runtime', 'workspace')"
+        let sql = concat!(
+            session_select!(),
+            " WHERE s.uid = ?2 AND s.account_id = ?3 AND s.dialect IN ('runtime', 'workspace')"
         );
         Ok(self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_row(params![fresh_since, uid, account_id], session_from_row)
             .optional()?)
     }
 
     /// A page of sessions, newest first, and the total matching the filter.
     pub fn runtime_sessions(&self, f: &RuntimeFilter) -> Result<(Vec<RuntimeSession>, i64)> {
-        let condition = "s.account_id = ?2 AND s.dialect IN ('runtime', 'workspace')
-            AND (?3 IS NULL OR effective_status = ?3) AND (?4 IS NULL OR s.session_type = ?4)
-            AND (?5 IS NULL OR w.uid = ?5)";
-        let sql = format!(
-            "{SESSION_SELECT} WHERE {condition} AND (?6 IS NULL OR s.id < ?6) ORDER BY s.id DESC LIMIT ?7"
+        let sql = concat!(
+            session_select!(),
+            " WHERE ",
+            runtime_condition!(),
+            " AND (?6 IS NULL OR s.id < ?6) ORDER BY s.id DESC LIMIT ?7"
         );
         let rows = self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_map(
                 params![
                     f.fresh_since,
@@ -161,8 +181,14 @@ impl Reader {
                 session_from_row,
             )?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        let count_sql = format!("SELECT count(*) FROM ({SESSION_SELECT} WHERE {condition})");
-        let total = self.conn.prepare_cached(&count_sql)?.query_row(
+        let count_sql = concat!(
+            "SELECT count(*) FROM (",
+            session_select!(),
+            " WHERE ",
+            runtime_condition!(),
+            ")"
+        );
+        let total = self.conn.prepare_cached(count_sql)?.query_row(
             params![
                 f.fresh_since,
                 f.account_id,
@@ -183,13 +209,11 @@ impl Reader {
         session_type: Option<&str>,
         fresh_since: Millis,
     ) -> Result<Vec<RuntimeSession>> {
-        let sql = format!(
-            "{SESSION_SELECT} WHERE s.account_id = ?2 AND s.dialect IN ('runtime', 'workspace') AND s.ended_at IS NULL
-               AND (?3 IS NULL OR s.session_type = ?3) ORDER BY s.id"
-        );
+        let sql = concat!(session_select!(), " WHERE s.account_id = ?2 AND s.dialect IN ('runtime', 'workspace') AND s.ended_at IS NULL
+               AND (?3 IS NULL OR s.session_type = ?3) ORDER BY s.id");
         let rows: Vec<RuntimeSession> = self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_map(
                 params![fresh_since, account_id, session_type],
                 session_from_row,
@@ -212,24 +236,26 @@ impl Reader {
         account_id: i64,
         id_or_name: &str,
     ) -> Result<Option<RuntimeWorkspace>> {
-        let sql = format!(
-            "{WORKSPACE_SELECT} WHERE w.account_id = ?1 AND w.deleted_at IS NULL AND (w.uid = ?2 OR w.name = ?2)
+        let sql = concat!(
+            workspace_select!(),
+            " WHERE w.account_id = ?1 AND w.deleted_at IS NULL AND (w.uid = ?2 OR w.name = ?2)
              ORDER BY w.uid = ?2 DESC, w.id LIMIT 1"
         );
         Ok(self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_row(params![account_id, id_or_name], workspace_from_row)
             .optional()?)
     }
 
     pub fn runtime_workspaces(&self, account_id: i64) -> Result<Vec<RuntimeWorkspace>> {
-        let sql = format!(
-            "{WORKSPACE_SELECT} WHERE w.account_id = ?1 AND w.deleted_at IS NULL ORDER BY w.id"
+        let sql = concat!(
+            workspace_select!(),
+            " WHERE w.account_id = ?1 AND w.deleted_at IS NULL ORDER BY w.id"
         );
         let rows = self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_map([account_id], workspace_from_row)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)

@@ -7,9 +7,14 @@ use crate::domain::share::{AuthMode, Policy, Share, new_slug};
 use crate::domain::time::Millis;
 use crate::error::{Error, Result};
 
-const SHARE_COLUMNS: &str = "s.id, s.uid, s.account_id, sh.slug, sh.owner_token_hash, sh.auth_mode,
+/// SQL text, a macro so that queries are built with `concat!` at compile time.
+macro_rules! share_columns {
+    () => {
+        "s.id, s.uid, s.account_id, sh.slug, sh.owner_token_hash, sh.auth_mode,
     sh.basic_password_hash, sh.policy_public, sh.policy_max_viewers, sh.policy_block_paths,
-    sh.policy_password_hash, s.status, s.created_at, s.expires_at, s.end_reason";
+    sh.policy_password_hash, s.status, s.created_at, s.expires_at, s.end_reason"
+    };
+}
 
 fn share_from_row(r: &Row) -> rusqlite::Result<Share> {
     let auth_mode: String = r.get(5)?;
@@ -62,23 +67,27 @@ pub struct ShareRef {
 
 impl Reader {
     pub fn share_by_uid(&self, uid: &str) -> Result<Option<Share>> {
-        let sql = format!(
-            "SELECT {SHARE_COLUMNS} FROM sessions s JOIN shares sh ON sh.session_id = s.id WHERE s.uid = ?1"
+        let sql = concat!(
+            "SELECT ",
+            share_columns!(),
+            " FROM sessions s JOIN shares sh ON sh.session_id = s.id WHERE s.uid = ?1"
         );
         Ok(self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_row([uid], share_from_row)
             .optional()?)
     }
 
     pub fn share_by_slug(&self, slug: &str) -> Result<Option<Share>> {
-        let sql = format!(
-            "SELECT {SHARE_COLUMNS} FROM shares sh JOIN sessions s ON s.id = sh.session_id WHERE sh.slug = ?1"
+        let sql = concat!(
+            "SELECT ",
+            share_columns!(),
+            " FROM shares sh JOIN sessions s ON s.id = sh.session_id WHERE sh.slug = ?1"
         );
         Ok(self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_row([slug], share_from_row)
             .optional()?)
     }

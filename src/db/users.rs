@@ -20,8 +20,12 @@ pub struct User {
     pub disabled: bool,
 }
 
-const USER_COLUMNS: &str =
-    "id, uid, email, name, password_hash, totp_secret, totp_pending, disabled";
+/// SQL text, a macro so that queries are built with `concat!` at compile time.
+macro_rules! user_columns {
+    () => {
+        "id, uid, email, name, password_hash, totp_secret, totp_pending, disabled"
+    };
+}
 
 fn user_from_row(r: &Row) -> rusqlite::Result<User> {
     Ok(User {
@@ -46,19 +50,19 @@ pub struct Membership {
 
 impl Reader {
     pub fn user_by_email(&self, email: &str) -> Result<Option<User>> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?1");
+        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email = ?1");
         Ok(self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_row([email], user_from_row)
             .optional()?)
     }
 
     pub fn user_by_id(&self, id: i64) -> Result<Option<User>> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1");
+        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?1");
         Ok(self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_row([id], user_from_row)
             .optional()?)
     }
@@ -126,10 +130,10 @@ pub fn insert_user(tx: &Tx, user: &NewUser, now: Millis) -> Result<(i64, String)
 }
 
 pub fn user_by_email_tx(tx: &Tx, email: &str) -> Result<Option<User>> {
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?1");
+    let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email = ?1");
     Ok(tx
         .conn
-        .prepare_cached(&sql)?
+        .prepare_cached(sql)?
         .query_row([email], user_from_row)
         .optional()?)
 }

@@ -8,11 +8,15 @@ use crate::domain::time::Millis;
 use crate::domain::workspace::{ACTIVE, Workspace, default_catalogue};
 use crate::error::{Error, Result};
 
-const WORKSPACE_COLUMNS: &str =
-    "w.id, w.uid, w.name, w.type, w.description, w.image_url, w.cpu, w.memory,
+/// SQL text, a macro so that queries are built with `concat!` at compile time.
+macro_rules! workspace_columns {
+    () => {
+        "w.id, w.uid, w.name, w.type, w.description, w.image_url, w.cpu, w.memory,
     w.storage, w.url, w.connection_type, w.requires_netbird, w.clientless, w.launch_mode, w.icon,
     w.max_session_duration, w.idle_timeout,
-    EXISTS (SELECT 1 FROM sessions s WHERE s.workspace_id = w.id AND s.status = 'active')";
+    EXISTS (SELECT 1 FROM sessions s WHERE s.workspace_id = w.id AND s.status = 'active')"
+    };
+}
 
 fn workspace_from_row(r: &Row) -> rusqlite::Result<Workspace> {
     Ok(Workspace {
@@ -56,10 +60,20 @@ pub struct WorkspaceSession {
     pub mfa_verified: bool,
 }
 
-const SESSION_COLUMNS: &str = "s.id, s.uid, s.user_id, u.uid, u.email, w.uid, w.name, w.type,
-    coalesce(w.requires_netbird, 0), s.status, s.created_at, s.ended_at, s.ip_address, s.mfa_verified";
+/// SQL text, a macro so that queries are built with `concat!` at compile time.
+macro_rules! session_columns {
+    () => {
+        "s.id, s.uid, s.user_id, u.uid, u.email, w.uid, w.name, w.type,
+    coalesce(w.requires_netbird, 0), s.status, s.created_at, s.ended_at, s.ip_address, s.mfa_verified"
+    };
+}
 
-const SESSION_FROM: &str = "FROM sessions s LEFT JOIN users u ON u.id = s.user_id LEFT JOIN workspaces w ON w.id = s.workspace_id";
+/// SQL text, a macro so that queries are built with `concat!` at compile time.
+macro_rules! session_from {
+    () => {
+        "FROM sessions s LEFT JOIN users u ON u.id = s.user_id LEFT JOIN workspaces w ON w.id = s.workspace_id"
+    };
+}
 
 fn session_from_row(r: &Row) -> rusqlite::Result<WorkspaceSession> {
     Ok(WorkspaceSession {
@@ -95,24 +109,28 @@ pub struct SessionFilter {
 
 impl Reader {
     pub fn workspaces(&self, account_id: i64) -> Result<Vec<Workspace>> {
-        let sql = format!(
-            "SELECT {WORKSPACE_COLUMNS} FROM workspaces w WHERE w.account_id = ?1 AND w.deleted_at IS NULL ORDER BY w.id"
+        let sql = concat!(
+            "SELECT ",
+            workspace_columns!(),
+            " FROM workspaces w WHERE w.account_id = ?1 AND w.deleted_at IS NULL ORDER BY w.id"
         );
         let rows = self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_map([account_id], workspace_from_row)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
     pub fn workspace(&self, account_id: i64, uid: &str) -> Result<Option<Workspace>> {
-        let sql = format!(
-            "SELECT {WORKSPACE_COLUMNS} FROM workspaces w WHERE w.account_id = ?1 AND w.uid = ?2 AND w.deleted_at IS NULL"
+        let sql = concat!(
+            "SELECT ",
+            workspace_columns!(),
+            " FROM workspaces w WHERE w.account_id = ?1 AND w.uid = ?2 AND w.deleted_at IS NULL"
         );
         Ok(self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_row(params![account_id, uid], workspace_from_row)
             .optional()?)
     }
@@ -122,27 +140,29 @@ impl Reader {
         account_id: i64,
         uid: &str,
     ) -> Result<Option<WorkspaceSession>> {
-        let sql = format!(
-            "SELECT {SESSION_COLUMNS} {SESSION_FROM} WHERE s.uid = ?1 AND s.account_id = ?2 AND s.dialect = 'workspace'"
+        let sql = concat!(
+            "SELECT ",
+            session_columns!(),
+            " ",
+            session_from!(),
+            " WHERE s.uid = ?1 AND s.account_id = ?2 AND s.dialect = 'workspace'"
         );
         Ok(self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_row(params![uid, account_id], session_from_row)
             .optional()?)
     }
 
     pub fn workspace_sessions(&self, f: &SessionFilter) -> Result<Vec<WorkspaceSession>> {
-        let sql = format!(
-            "SELECT {SESSION_COLUMNS} {SESSION_FROM}
+        let sql = concat!("SELECT ", session_columns!(), " ", session_from!(), "
              WHERE s.account_id = ?1 AND s.dialect = 'workspace'
                AND (?2 IS NULL OR s.user_id = ?2) AND (?3 IS NULL OR s.status = ?3)
                AND (?4 IS NULL OR u.uid = ?4) AND (?5 IS NULL OR w.uid = ?5) AND (?6 IS NULL OR s.id < ?6)
-             ORDER BY s.id DESC LIMIT ?7"
-        );
+             ORDER BY s.id DESC LIMIT ?7");
         let rows = self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(sql)?
             .query_map(
                 params![
                     f.account_id,

@@ -23,12 +23,38 @@ pub fn rfc3339(ms: Millis) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    if !(0..=9999).contains(&y) {
+        return format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+            sod / 3600,
+            (sod / 60) % 60,
+            sod % 60
+        );
+    }
+    // Every response carries timestamps: written digit by digit, without the formatting machinery.
+    let mut out = String::with_capacity(24);
+    push_padded(&mut out, y, 4);
+    out.push('-');
+    push_padded(&mut out, m, 2);
+    out.push('-');
+    push_padded(&mut out, d, 2);
+    out.push('T');
+    push_padded(&mut out, sod / 3600, 2);
+    out.push(':');
+    push_padded(&mut out, (sod / 60) % 60, 2);
+    out.push(':');
+    push_padded(&mut out, sod % 60, 2);
+    out.push('.');
+    push_padded(&mut out, millis, 3);
+    out.push('Z');
+    out
+}
+
+/// Appends `value` (0 ≤ value < 10^width) with leading zeros to `width` digits.
+fn push_padded(out: &mut String, value: i64, width: u32) {
+    for place in (0..width).rev() {
+        out.push(char::from(b'0' + (value / 10i64.pow(place) % 10) as u8));
+    }
 }
 
 /// Parses RFC 3339 (`Z` or `±hh:mm` offset, optional fraction) into milliseconds.
@@ -161,6 +187,24 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         let t = 1_772_551_800_123; // 2026-03-03T15:30:00.123Z
         assert_eq!(rfc3339(t), "2026-03-03T15:30:00.123Z");
+        // The digit-by-digit writer agrees with the formatting machinery across the range.
+        let mut ms: Millis = 0;
+        while ms < 253_402_300_799_999 {
+            let (secs, days) = (ms.div_euclid(1000), ms.div_euclid(86_400_000));
+            let (y, m, d) = civil_from_days(days);
+            let sod = secs.rem_euclid(86_400);
+            let expected = format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+                sod / 3600,
+                (sod / 60) % 60,
+                sod % 60,
+                ms % 1000
+            );
+            assert_eq!(rfc3339(ms), expected);
+            ms = ms * 3 / 2 + 7_919;
+        }
+        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
         assert_eq!(parse_rfc3339("2026-03-03T15:30:00.123Z"), Some(t));
         assert_eq!(parse_rfc3339("2026-03-03T16:30:00.123+01:00"), Some(t));
         assert_eq!(parse_rfc3339("2026-03-03T15:30:00Z"), Some(t - 123));
