@@ -18,6 +18,19 @@ use rusqlite::Connection;
 use super::Tx;
 use crate::error::{Error, Result};
 
+thread_local! {
+    /// What this thread does right before it waits for a commit (see [`on_commit_wait`]).
+    static ON_COMMIT_WAIT: std::cell::RefCell<Option<Box<dyn Fn()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Sets what the calling thread does each time it is about to wait for a commit in
+/// [`Writer::exec`]. The HTTP workers give their turn to run to a spare worker there, so the
+/// number of changes waiting for one group commit is not capped by the number of running workers.
+pub fn on_commit_wait(hook: impl Fn() + 'static) {
+    ON_COMMIT_WAIT.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+}
+
 /// The most jobs grouped into one transaction (keeps the write lock short and bounded).
 pub const MAX_BATCH: usize = 512;
 
@@ -126,6 +139,11 @@ impl Writer {
         self.queue
             .send(Msg::Job(Box::new(job)))
             .map_err(|_| Error::Unavailable("The store is shutting down".into()))?;
+        ON_COMMIT_WAIT.with(|h| {
+            if let Some(hook) = &*h.borrow() {
+                hook();
+            }
+        });
         answer
             .recv()
             .map_err(|_| Error::Unavailable("The store is shutting down".into()))?

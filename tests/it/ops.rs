@@ -447,3 +447,43 @@ fn the_environment_file_and_the_readme_document_every_setting() {
         );
     }
 }
+
+/// A worker about to wait for a commit gives its turn to run to a spare worker, so one group commit
+/// takes more changes than there are running workers (two here), and the changes are all kept.
+#[test]
+fn a_group_commit_is_not_capped_by_the_running_workers() {
+    let server = Server::start_with(
+        Opts::default()
+            .arg("--threads", "2")
+            .arg("--anonymous-share-rate", "0"),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let (addr, stop) = (server.addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut created = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = request(&addr, "POST", "/sessions", &[], Some(b"{}"));
+                    assert_eq!(r.status, 201, "{}", r.text());
+                    created += 1;
+                }
+                created
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let created: i64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    let text = server.get("/metrics").text();
+    let largest = metric(&text, "sessiond_writer_batch_size_max").unwrap();
+    assert!(
+        largest > 3.0,
+        "the largest group commit took {largest} changes with 2 running workers"
+    );
+    let stored = server.query("SELECT count(*) FROM shares")[0][0]
+        .as_i64()
+        .unwrap();
+    assert_eq!(stored, created, "every acknowledged create is stored");
+    eprintln!("{created} creates from 16 clients, largest group commit {largest}");
+}
