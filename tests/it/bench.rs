@@ -256,7 +256,7 @@ fn bench() {
         .unwrap_or(16)
         .max(8);
     // `SESSIOND_BENCH_PROBES=get,admit` runs only those probes (and the floors they are compared
-    // with): create, get, slug, admit, launch, runtime, sweep, cold. All of them by default.
+    // with): healthz, create, get, slug, admit, launch, runtime, sweep, cold. All by default.
     let probes = std::env::var("SESSIOND_BENCH_PROBES").ok();
     let want = |probe: &str| {
         probes
