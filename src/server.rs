@@ -341,8 +341,8 @@ fn listener_alive(mut addr: std::net::SocketAddr) -> bool {
 /// Spare workers per worker: they serve while workers wait for a group commit.
 const SPARE_WORKERS: usize = 3;
 
-/// A worker that has had no turn for this long closes its read connection (it opens one again
-/// when it next gets a turn): after a burst of changes only the running workers keep one.
+/// A spare worker that has had no turn for this long closes its read connection (it opens one
+/// again when it next gets a turn): after a burst of changes only the workers keep one.
 const IDLE_READER_CLOSES_AFTER: Duration = Duration::from_secs(1);
 
 /// The turns to run: `threads` of them, so that at most that many workers compete for the cores.
@@ -387,10 +387,10 @@ thread_local! {
     static HOLDS_TURN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// A worker's loop. A worker with a read connection starts holding a turn; a spare (no connection
-/// yet) waits for one and opens its connection when it gets one. Waiting for a commit gives
-/// the turn away; the worker finishes that request without one and takes a turn again before the
-/// next.
+/// A worker's loop. A worker (started with its read connection) starts holding a turn; a spare
+/// waits for one and opens a connection when it gets one, and closes it again once it has had no
+/// turn for [`IDLE_READER_CLOSES_AFTER`]. Waiting for a commit gives the turn away; the worker
+/// finishes that request without one and takes a turn again before the next.
 fn work(
     worker: usize,
     app: &App,
@@ -399,7 +399,8 @@ fn work(
     turns: &Arc<Turns>,
     fatal: &AtomicBool,
 ) {
-    HOLDS_TURN.set(reader.is_some());
+    let spare = reader.is_none();
+    HOLDS_TURN.set(!spare);
     {
         let turns = turns.clone();
         db::writer::on_commit_wait(move || {
@@ -409,13 +410,14 @@ fn work(
         });
     }
     let mut waiting_since: Option<Instant> = None;
+    let mut open_failed = false;
     while !app.stopping.load(Ordering::SeqCst) {
         if !HOLDS_TURN.get() {
             if !turns.take(Duration::from_millis(100)) {
-                // Without a turn for a while: the burst of changes is over, and a read
-                // connection that is not used is memory kept for nothing.
+                // Without a turn for a while: the burst of changes is over, and a spare's read
+                // connection is memory kept for nothing.
                 let since = *waiting_since.get_or_insert_with(Instant::now);
-                if reader.is_some() && since.elapsed() >= IDLE_READER_CLOSES_AFTER {
+                if spare && reader.is_some() && since.elapsed() >= IDLE_READER_CLOSES_AFTER {
                     reader = None;
                 }
                 continue;
@@ -425,10 +427,21 @@ fn work(
         }
         if reader.is_none() {
             match Reader::open(&app.cfg.db) {
-                Ok(r) => reader = Some(r),
+                Ok(r) => {
+                    reader = Some(r);
+                    open_failed = false;
+                }
                 Err(e) => {
-                    log::warn!("spare worker {worker} cannot open the database ({e}); it stops");
-                    break;
+                    // Out of descriptors, most likely: leave the turn to a worker that has a
+                    // connection, and try again later.
+                    if !open_failed {
+                        log::warn!("spare worker {worker} cannot open the database: {e}");
+                        open_failed = true;
+                    }
+                    HOLDS_TURN.set(false);
+                    turns.give();
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
                 }
             }
         }

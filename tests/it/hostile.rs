@@ -323,3 +323,55 @@ fn running_out_of_descriptors_backs_off_and_serves_again_never_deaf() {
     );
     // Dropping the server asserts that it is still running and exits 0 on SIGTERM.
 }
+
+#[test]
+fn spares_without_descriptors_leave_the_work_to_the_workers() {
+    // A worker waiting for a commit gives its turn to a spare worker, which opens its read
+    // connection then. With no descriptor left for that connection, the spare must hand the turn
+    // back: with one worker, a spare that kept it would leave nobody to serve.
+    let server = Server::start_with(
+        Opts::default()
+            .arg("--threads", "1")
+            .arg("--anonymous-share-rate", "0"),
+    );
+    let clients: Vec<TcpStream> = (0..2).map(|_| connect(&server.addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let open = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+        .unwrap()
+        .count() as u64;
+    set_nofile(server.pid(), open);
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|stream| {
+            std::thread::spawn(move || {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                for _ in 0..10 {
+                    writer
+                        .write_all(
+                            b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+                        )
+                        .unwrap();
+                    let r = read_response(&mut reader);
+                    assert_eq!(r.status, 201, "{}", r.text());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(
+        server.log_text().contains("cannot open the database"),
+        "no spare ran out of descriptors; the test did not test anything:\n{}",
+        server.log_text()
+    );
+    set_nofile(server.pid(), 4096);
+    assert_eq!(
+        server.query("SELECT count(*) FROM shares")[0][0].as_i64(),
+        Some(20)
+    );
+}
