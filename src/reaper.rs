@@ -84,30 +84,31 @@ impl Reaper {
 
 fn sweep_until(app: &App, reader: &Reader, stop: &AtomicBool) {
     let interval = Duration::from_millis(app.cfg.reap_interval as u64);
-    let mut last_sweep = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(20).min(interval));
-        if last_sweep.elapsed() >= interval {
-            last_sweep = Instant::now();
-            if let Err(e) = sweep(app, reader, now_ms()) {
-                log::error!("reaper sweep failed: {e}");
-            }
+    every(interval, stop, || {
+        if let Err(e) = sweep(app, reader, now_ms()) {
+            log::error!("reaper sweep failed: {e}");
         }
-    }
+    });
 }
 
 fn flush_until(app: &App, stop: &AtomicBool) {
     let interval = Duration::from_millis(app.cfg.reap_interval as u64);
-    let flush_every = FLUSH_EVERY.min(interval);
-    let mut last_flush = Instant::now();
+    every(FLUSH_EVERY.min(interval), stop, || {
+        flush_viewers(&app.viewers, &app.writer)
+    });
+    flush_viewers(&app.viewers, &app.writer);
+}
+
+/// Runs `work` every `interval` until `stop` is set (noticed within 20 ms).
+fn every(interval: Duration, stop: &AtomicBool, mut work: impl FnMut()) {
+    let mut last = Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(20).min(flush_every));
-        if last_flush.elapsed() >= flush_every {
-            last_flush = Instant::now();
-            flush_viewers(&app.viewers, &app.writer);
+        std::thread::sleep(Duration::from_millis(20).min(interval));
+        if last.elapsed() >= interval {
+            last = Instant::now();
+            work();
         }
     }
-    flush_viewers(&app.viewers, &app.writer);
 }
 
 /// Writes absorbed viewer activity; on failure it stays pending for the next flush.
