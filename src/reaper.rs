@@ -70,12 +70,7 @@ impl Reaper {
     pub fn stop(self, deadline: Instant) {
         self.stop.store(true, Ordering::SeqCst);
         for thread in self.threads {
-            while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if thread.is_finished() {
-                let _ = thread.join();
-            } else {
+            if !crate::server::join_by(thread, deadline) {
                 log::warn!("the reaper did not stop before the shutdown timeout");
             }
         }

@@ -278,12 +278,7 @@ pub fn serve(cfg: Config) -> Result<i32> {
     notify_systemd("STOPPING=1");
     app.stopping.store(true, Ordering::SeqCst);
     for worker in workers {
-        while !worker.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if worker.is_finished() {
-            let _ = worker.join();
-        } else {
+        if !join_by(worker, deadline) {
             log::warn!("a worker did not finish its request before the shutdown timeout");
         }
     }
@@ -316,6 +311,18 @@ pub fn serve(cfg: Config) -> Result<i32> {
     app.access_log.finish();
     log::info!("stopped");
     Ok(if failed { 1 } else { 0 })
+}
+
+/// Waits for `thread` to end until `deadline`; false (and the thread left running) when it did not.
+pub fn join_by(thread: std::thread::JoinHandle<()>, deadline: Instant) -> bool {
+    while !thread.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if !thread.is_finished() {
+        return false;
+    }
+    let _ = thread.join();
+    true
 }
 
 /// How often the main thread checks that its own listener still accepts connections.
