@@ -450,22 +450,21 @@ fn bench() {
         );
     }
     let s2 = seed;
+    // A probe compared with the primary-key floor, in alternating rounds.
+    let against_floor = |make: Arc<dyn Fn(usize, u64) -> Vec<u8> + Send + Sync>| {
+        alternate(rounds, &pk_floor, &|| {
+            drive(&addr, conns, secs, make.clone())
+        })
+    };
     let mut get_ratio = None;
     if want("get") {
-        let (figures, ratio) = alternate(rounds, &pk_floor, &|| {
-            drive(
-                &addr,
-                conns,
-                secs,
-                Arc::new(move |c, i| {
-                    let k = pick(s2 ^ c as u64, i, nn);
-                    get(
-                        &format!("/sessions/sess_bench{k:027}"),
-                        Some(&format!("benchtoken{k:022}")),
-                    )
-                }),
+        let (figures, ratio) = against_floor(Arc::new(move |c, i| {
+            let k = pick(s2 ^ c as u64, i, nn);
+            get(
+                &format!("/sessions/sess_bench{k:027}"),
+                Some(&format!("benchtoken{k:022}")),
             )
-        });
+        }));
         get_ratio = Some(ratio);
         record("GET /sessions/:id (owner bearer)", figures);
     }
@@ -490,21 +489,14 @@ fn bench() {
     }
     let mut admit_ratio = None;
     if want("admit") {
-        let (figures, ratio) = alternate(rounds, &pk_floor, &|| {
-            drive(
-                &addr,
-                conns,
-                secs,
-                Arc::new(move |c, i| {
-                    let k = pick(s2 ^ c as u64, i, nn);
-                    post(
-                        &format!("/internal/sessions/by-slug/bench-slug-{k}/admit"),
-                        Some(GATEWAY_KEY),
-                        &format!(r#"{{"viewerId":"c{c}","ip":"10.0.0.1","path":"/"}}"#),
-                    )
-                }),
+        let (figures, ratio) = against_floor(Arc::new(move |c, i| {
+            let k = pick(s2 ^ c as u64, i, nn);
+            post(
+                &format!("/internal/sessions/by-slug/bench-slug-{k}/admit"),
+                Some(GATEWAY_KEY),
+                &format!(r#"{{"viewerId":"c{c}","ip":"10.0.0.1","path":"/"}}"#),
             )
-        });
+        }));
         admit_ratio = Some(ratio);
         record("POST /internal/.../admit", figures);
     }
