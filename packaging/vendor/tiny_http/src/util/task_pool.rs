@@ -69,7 +69,11 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // sessiond patch: a waiting thread that was woken for a queued task counts as waiting
+        // until it takes the lock again, so upstream's `waiting_tasks == 0` let a burst queue more
+        // tasks than there were threads to take them. A connection task runs as long as its
+        // connection stays open, so those connections went unread until another client left.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
@@ -143,5 +147,39 @@ impl Drop for TaskPool {
             .active_tasks
             .store(999_999_999, Ordering::Release);
         self.sharing.condvar.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TaskPool;
+    use std::sync::mpsc;
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+
+    #[test]
+    fn a_burst_of_long_tasks_all_start() {
+        for _ in 0..50 {
+            let pool = TaskPool::new();
+            std::thread::sleep(Duration::from_millis(20));
+            let n = 32;
+            let all = Arc::new(Barrier::new(n + 1));
+            let (tx, rx) = mpsc::channel();
+            for _ in 0..n {
+                let (all, tx) = (all.clone(), tx.clone());
+                let mut once = Some(());
+                pool.spawn(Box::new(move || {
+                    if once.take().is_some() {
+                        tx.send(()).unwrap();
+                        all.wait();
+                    }
+                }));
+            }
+            for i in 0..n {
+                rx.recv_timeout(Duration::from_secs(5))
+                    .unwrap_or_else(|_| panic!("only {} of {} tasks started", i, n));
+            }
+            all.wait();
+        }
     }
 }
