@@ -34,6 +34,8 @@ struct Figures {
     rps: f64,
     p50_us: u64,
     p99_us: u64,
+    /// A client starved for the whole probe shows here (a pool bug once held connections unread).
+    max_us: u64,
     errors: u64,
 }
 
@@ -116,6 +118,7 @@ fn drive(
         rps: all.len() as f64 / elapsed,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        max_us: all.last().copied().unwrap_or(0) as u64,
         errors: errors.load(Ordering::Relaxed),
     }
 }
@@ -267,8 +270,13 @@ fn bench() {
     let mut record = |name: &str, mut f: Figures| {
         f.name = name.to_string();
         eprintln!(
-            "  {:<44} {:>9.0} req/s  p50 {:>6} µs  p99 {:>7} µs  non-2xx {}",
-            f.name, f.rps, f.p50_us, f.p99_us, f.errors
+            "  {:<44} {:>9.0} req/s  p50 {:>6} µs  p99 {:>7} µs  max {:>5} ms  non-2xx {}",
+            f.name,
+            f.rps,
+            f.p50_us,
+            f.p99_us,
+            f.max_us / 1000,
+            f.errors
         );
         results.push(f);
     };
