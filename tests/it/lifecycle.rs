@@ -463,7 +463,7 @@ fn command_line_exit_codes_and_schema_checks() {
     assert_eq!(refused.status.code(), Some(1));
     let msg = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        msg.contains("schema version 99") && msg.contains("this binary's 1"),
+        msg.contains("schema version 99") && msg.contains("this binary's 2"),
         "{msg}"
     );
 
@@ -473,6 +473,36 @@ fn command_line_exit_codes_and_schema_checks() {
         text.contains("listen = \"127.0.0.1:8080\"") && !text.contains("very-secret"),
         "{text}"
     );
+}
+
+#[test]
+fn a_database_of_schema_version_1_is_migrated_in_place_and_keeps_its_sessions() {
+    // Version 1 had an index on audit(resource_type, resource_id) that no query used.
+    let dir = Arc::new(TempDir::new());
+    let server = Server::start_in(dir.clone(), Opts::default());
+    let share = create_share(&server, &json!({"port": 3000}));
+    assert_eq!(server.stop().code(), Some(0));
+    let db = dir.path().join("sessiond.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE INDEX audit_resource ON audit(resource_type, resource_id); PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(conn);
+
+    let server = Server::start_in(dir, Opts::default());
+    assert!(
+        server
+            .log_text()
+            .contains("database migrated to schema version 2")
+    );
+    let indexes = server.query("SELECT name FROM sqlite_schema WHERE name = 'audit_resource'");
+    assert!(indexes.is_empty(), "{indexes:?}");
+    assert_eq!(server.query("PRAGMA user_version")[0][0], json!(2));
+    let view = server
+        .get(&format!("/sessions/by-slug/{}", share.slug))
+        .expect(200);
+    assert_eq!(view["sessionId"], json!(share.id));
 }
 
 #[test]
