@@ -450,11 +450,22 @@ fn bench() {
             - writer(&before, "sessiond_writer_commits_total");
         let changes = writer(&after, "sessiond_writer_changes_total")
             - writer(&before, "sessiond_writer_changes_total");
+        let busy = writer(&after, "sessiond_writer_commit_seconds_total")
+            - writer(&before, "sessiond_writer_commit_seconds_total");
         eprintln!(
             "  {:<44} {:.1} changes per commit ({changes} in {commits} commits, largest {})",
             "group commit",
             changes / commits.max(1.0),
             writer(&after, "sessiond_writer_batch_size_max")
+        );
+        // The writer's time from BEGIN to the end of COMMIT: its cost per change, whatever the
+        // clients did meanwhile.
+        eprintln!(
+            "  {:<44} {:.0} µs per change ({:.2} ms per commit, busy {:.0}% of the probe)",
+            "writer time",
+            busy * 1e6 / changes.max(1.0),
+            busy * 1e3 / commits.max(1.0),
+            busy * 100.0 / secs
         );
     }
     let s2 = seed;
