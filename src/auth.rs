@@ -31,11 +31,38 @@ pub const ARGON2_QUEUE: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Busy;
 
-/// Fills `buf` from the OS CSPRNG. Failure of the OS generator is unrecoverable.
+/// OS random bytes fetched per `getrandom` call and handed out to this thread: a created share
+/// needs five random values, and one system call each was a measurable part of the writer's time.
+const RANDOM_POOL: usize = 256;
+
+thread_local! {
+    /// Bytes from the OS CSPRNG not handed out yet (from `.1` on); handed-out bytes are zeroed.
+    static POOL: std::cell::RefCell<([u8; RANDOM_POOL], usize)> =
+        const { std::cell::RefCell::new(([0; RANDOM_POOL], RANDOM_POOL)) };
+}
+
+/// Fills `buf` from the OS CSPRNG: every byte is the generator's output, used once. Failure of
+/// the OS generator is unrecoverable.
 pub fn random_bytes(buf: &mut [u8]) {
-    SysRng
-        .try_fill_bytes(buf)
-        .expect("the operating system's random number generator failed");
+    let os = |b: &mut [u8]| {
+        SysRng
+            .try_fill_bytes(b)
+            .expect("the operating system's random number generator failed")
+    };
+    if buf.len() > RANDOM_POOL / 4 {
+        return os(buf);
+    }
+    POOL.with(|pool| {
+        let (bytes, next) = &mut *pool.borrow_mut();
+        if RANDOM_POOL - *next < buf.len() {
+            os(bytes);
+            *next = 0;
+        }
+        let taken = &mut bytes[*next..*next + buf.len()];
+        buf.copy_from_slice(taken);
+        taken.fill(0);
+        *next += buf.len();
+    });
 }
 
 /// A uniformly random string of `len` characters from `alphabet` (rejection sampling, no modulo bias).
@@ -43,11 +70,12 @@ pub fn random_string(alphabet: &[u8], len: usize) -> String {
     debug_assert!(!alphabet.is_empty() && alphabet.len() <= 256);
     let limit = 256 - (256 % alphabet.len());
     let mut out = String::with_capacity(len);
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; 16];
     while out.len() < len {
-        random_bytes(&mut buf);
-        for &b in &buf {
-            if (b as usize) < limit && out.len() < len {
+        let want = (len - out.len()).min(buf.len());
+        random_bytes(&mut buf[..want]);
+        for &b in &buf[..want] {
+            if (b as usize) < limit {
                 out.push(alphabet[b as usize % alphabet.len()] as char);
             }
         }
@@ -84,19 +112,20 @@ pub fn random_hex(len: usize) -> String {
 
 /// A random (version 4) UUID in its hyphenated lower-case form.
 pub fn uuid_v4() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 16];
     random_bytes(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let mut out = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(HEX[(x >> 4) as usize] as char);
+        out.push(HEX[(x & 0x0f) as usize] as char);
+    }
+    out
 }
 
 /// The stored form of a high-entropy token.
@@ -510,6 +539,26 @@ mod tests {
         let u = uuid_v4();
         assert_eq!(u.len(), 36);
         assert_eq!(&u[14..15], "4");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"), "{u}");
+        let dashes: Vec<usize> = u.match_indices('-').map(|(i, _)| i).collect();
+        assert_eq!(dashes, [8, 13, 18, 23]);
+    }
+
+    #[test]
+    fn pooled_random_bytes_are_never_handed_out_twice() {
+        // Draws of every size cross the pool's refills; a byte handed out twice or a pool that
+        // stopped refilling would repeat a 16-byte value.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..5_000 {
+            let mut b = [0u8; 16];
+            random_bytes(&mut b[..1 + i % 16]);
+            let mut full = [0u8; 16];
+            random_bytes(&mut full);
+            assert!(seen.insert(full), "a repeated random value after {i} draws");
+        }
+        let big = random_string(ALNUM_LOWER, 200);
+        assert_eq!(big.len(), 200);
+        assert_ne!(big, random_string(ALNUM_LOWER, 200));
     }
 
     #[test]
