@@ -187,7 +187,7 @@ fn loader<'a>(db: &'a Reader, session_id: i64) -> impl FnOnce() -> Result<Loaded
 struct PublicView<'a> {
     session_id: &'a str,
     slug: &'a str,
-    public_url: String,
+    public_url: Joined<'a, 3>,
     expires_at: String,
     created_at: String,
     auth_mode: &'static str,
@@ -235,14 +235,14 @@ struct FullView<'a> {
     session_id: &'a str,
     slug: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    session_token: Option<String>,
+    session_token: Option<Joined<'a, 3>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     owner_token: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    owner_url: Option<String>,
-    overlay_script_url: String,
-    public_url: String,
-    edge_url: String,
+    owner_url: Option<Joined<'a, 5>>,
+    overlay_script_url: Joined<'a, 3>,
+    public_url: Joined<'a, 3>,
+    edge_url: Joined<'a, 2>,
     expires_at: String,
     created_at: String,
     auth_mode: &'static str,
@@ -255,20 +255,36 @@ struct FullView<'a> {
     available: bool,
 }
 
-struct Urls {
-    public_url: String,
-    owner_url: String,
-    overlay_script_url: String,
-    edge_url: String,
+/// A string made of parts, serialized without being built first: the views' URLs are most of
+/// what they would otherwise allocate.
+struct Joined<'a, const N: usize>([&'a str; N]);
+
+impl<const N: usize> std::fmt::Display for Joined<'_, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|part| f.write_str(part))
+    }
 }
 
-fn urls(ctx: &Ctx, slug: &str, owner_token: &str) -> Urls {
+impl<const N: usize> Serialize for Joined<'_, N> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+struct Urls<'a> {
+    public_url: Joined<'a, 3>,
+    owner_url: Joined<'a, 5>,
+    overlay_script_url: Joined<'a, 3>,
+    edge_url: Joined<'a, 2>,
+}
+
+fn urls<'a>(ctx: &'a Ctx, slug: &'a str, owner_token: &'a str) -> Urls<'a> {
     let base = &ctx.cfg().public_base_url;
     Urls {
-        public_url: format!("{base}/s/{slug}"),
-        owner_url: format!("{base}/.wormkey/owner?slug={slug}&token={owner_token}"),
-        overlay_script_url: format!("{base}/.wormkey/overlay.js?slug={slug}"),
-        edge_url: format!("{}/tunnel", ctx.cfg().edge_base_url),
+        public_url: Joined([base, "/s/", slug]),
+        owner_url: Joined([base, "/.wormkey/owner?slug=", slug, "&token=", owner_token]),
+        overlay_script_url: Joined([base, "/.wormkey/overlay.js?slug=", slug]),
+        edge_url: Joined([&ctx.cfg().edge_base_url, "/tunnel"]),
     }
 }
 
@@ -278,7 +294,7 @@ fn public_view(ctx: &Ctx, share: &Share) -> Resp {
         &PublicView {
             session_id: &share.uid,
             slug: &share.slug,
-            public_url: format!("{}/s/{}", ctx.cfg().public_base_url, share.slug),
+            public_url: Joined([&ctx.cfg().public_base_url, "/s/", &share.slug]),
             expires_at: rfc3339(share.expires_at),
             created_at: rfc3339(share.created_at),
             auth_mode: share.auth_mode.as_str(),
@@ -297,7 +313,7 @@ fn full_view(ctx: &Ctx, share: &Share, owner_token: Option<&str>) -> Result<Resp
     let view = FullView {
         session_id: &share.uid,
         slug: &share.slug,
-        session_token: owner_token.map(|t| format!("{}.{t}", share.slug)),
+        session_token: owner_token.map(|t| Joined([&share.slug, ".", t])),
         owner_token,
         owner_url: owner_token.map(|_| u.owner_url),
         overlay_script_url: u.overlay_script_url,
@@ -330,15 +346,15 @@ fn viewer_view(v: LiveViewer) -> ViewerView {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Created {
-    session_id: String,
-    slug: String,
-    public_url: String,
-    owner_url: String,
-    owner_token: String,
-    overlay_script_url: String,
-    edge_url: String,
-    session_token: String,
+struct Created<'a> {
+    session_id: &'a str,
+    slug: &'a str,
+    public_url: Joined<'a, 3>,
+    owner_url: Joined<'a, 5>,
+    owner_token: &'a str,
+    overlay_script_url: Joined<'a, 3>,
+    edge_url: Joined<'a, 2>,
+    session_token: Joined<'a, 3>,
     expires_at: String,
     created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -451,12 +467,12 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
 
     let u = urls(ctx, &slug, &owner_token);
     let created = Created {
-        session_id: uid,
-        session_token: format!("{slug}.{owner_token}"),
-        slug,
+        session_id: &uid,
+        session_token: Joined([&slug, ".", &owner_token]),
+        slug: &slug,
         public_url: u.public_url,
         owner_url: u.owner_url,
-        owner_token,
+        owner_token: &owner_token,
         overlay_script_url: u.overlay_script_url,
         edge_url: u.edge_url,
         expires_at: rfc3339(now + ttl),

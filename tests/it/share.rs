@@ -256,7 +256,13 @@ fn full_view_has_the_seed_keys_in_order_and_echoes_owner_secrets_only_to_the_own
     assert_eq!(key_order(&resp.text()), FULL_VIEW_KEYS);
     assert_eq!(full["ownerToken"], s.owner_token.as_str());
     assert_eq!(full["sessionToken"], s.session_token.as_str());
-    assert_eq!(full["ownerUrl"], s.body["ownerUrl"]);
+    for url in ["ownerUrl", "publicUrl", "overlayScriptUrl", "edgeUrl"] {
+        assert_eq!(full[url], s.body[url], "{url}");
+    }
+    let public = server
+        .get(&format!("/sessions/by-slug/{}", s.slug))
+        .expect(200);
+    assert_eq!(public["publicUrl"], s.body["publicUrl"]);
     assert_eq!(
         full["policy"],
         json!({ "public": true, "maxConcurrentViewers": 20, "blockPaths": [], "password": "" })
