@@ -82,25 +82,43 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
+/// The listing, newest first. It walks `audit_account_time` backwards from the newest row the
+/// bounds allow (the time bounds and the cursor's time are range bounds on that index, written so
+/// that an absent one means "no bound" without changing the plan) and stops after `LIMIT` matches:
+/// no query sorts an account's whole history. Rows of the same millisecond go by id, and a cursor
+/// row (`before_row`) is the last one of the previous page.
+const AUDIT_LISTING: &str =
+    "SELECT id, uid, actor_type, actor_id, actor_email, action, resource_type, resource_id,
+        status = 'success', summary, metadata, ip, created_at
+ FROM audit
+ WHERE account_id = ?1 AND (?2 IS NULL OR (actor_type = 'user' AND actor_id = ?2))
+   AND (?3 IS NULL OR action = ?3) AND (?4 IS NULL OR resource_type = ?4)
+   AND (?5 IS NULL OR resource_id = ?5) AND (?6 IS NULL OR (status = 'success') = ?6)
+   AND created_at >= coalesce(?7, -9223372036854775808)
+   AND created_at <= coalesce(?8, 9223372036854775807)
+   AND created_at < coalesce(?10, 9223372036854775807)
+   AND created_at <= coalesce((SELECT created_at FROM audit WHERE id = ?9), 9223372036854775807)
+   AND (?9 IS NULL OR id < ?9 OR created_at < (SELECT created_at FROM audit WHERE id = ?9))
+ ORDER BY created_at DESC, id DESC LIMIT ?11";
+
 impl Reader {
     pub fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
         let rows = self
             .conn
-            .prepare_cached(
-                "SELECT id, uid, actor_type, actor_id, actor_email, action, resource_type, resource_id,
-                        status = 'success', summary, metadata, ip, created_at
-                 FROM audit
-                 WHERE account_id = ?1 AND (?2 IS NULL OR (actor_type = 'user' AND actor_id = ?2))
-                   AND (?3 IS NULL OR action = ?3) AND (?4 IS NULL OR resource_type = ?4)
-                   AND (?5 IS NULL OR resource_id = ?5) AND (?6 IS NULL OR (status = 'success') = ?6)
-                   AND (?7 IS NULL OR created_at >= ?7) AND (?8 IS NULL OR created_at <= ?8)
-                   AND (?9 IS NULL OR id < ?9) AND (?10 IS NULL OR created_at < ?10)
-                 ORDER BY id DESC LIMIT ?11",
-            )?
+            .prepare_cached(AUDIT_LISTING)?
             .query_map(
                 params![
-                    q.account_id, q.actor_user, q.action, q.resource_type, q.resource_id, q.success, q.since, q.until,
-                    q.before_row, q.before_time, q.limit as i64
+                    q.account_id,
+                    q.actor_user,
+                    q.action,
+                    q.resource_type,
+                    q.resource_id,
+                    q.success,
+                    q.since,
+                    q.until,
+                    q.before_row,
+                    q.before_time,
+                    q.limit as i64
                 ],
                 |r| {
                     Ok(AuditRow {
@@ -122,5 +140,87 @@ impl Reader {
             )?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing_plan(conn: &rusqlite::Connection) -> String {
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {AUDIT_LISTING}"))
+            .unwrap()
+            .query_map(
+                rusqlite::params_from_iter(std::iter::repeat_n(None::<i64>, 11)),
+                |r| r.get::<_, String>(3),
+            )
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        plan.join("; ")
+    }
+
+    /// The listing's plan uses the account's time index for its order: with a temporary b-tree,
+    /// every page of `GET /v1/audit/events` read and sorted the account's whole history.
+    #[test]
+    fn the_listing_walks_an_index_and_sorts_nothing() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::db::migrate::migrate(&mut conn).unwrap();
+        let plan = listing_plan(&conn);
+        assert!(
+            plan.contains(
+                "USING INDEX audit_account_time (account_id=? AND created_at>? AND created_at<?)"
+            ),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+
+    /// Paging one row at a time visits every row once, newest first, also where many rows share
+    /// a millisecond (a batch of changes in one group commit does).
+    #[test]
+    fn paging_by_cursor_visits_every_row_once_across_equal_times() {
+        let dir = std::env::temp_dir().join(format!("sessiond-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.db");
+        let mut conn = crate::db::open(&path, crate::db::Access::ReadWrite, false).unwrap();
+        crate::db::migrate::migrate(&mut conn).unwrap();
+        for i in 0..30i64 {
+            conn.execute(
+                "INSERT INTO audit (uid, account_id, actor_type, action, status, created_at)
+                 VALUES (?1, 7, 'system', 'x', 'success', ?2)",
+                params![format!("e{i}"), 1000 + i / 10],
+            )
+            .unwrap();
+        }
+        let reader = Reader::open(&path).unwrap();
+        let all: Vec<i64> = reader
+            .audit(&AuditQuery {
+                account_id: 7,
+                limit: 100,
+                ..AuditQuery::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|r| r.row_id)
+            .collect();
+        assert_eq!(all, (1..=30).rev().collect::<Vec<i64>>());
+        let mut paged = Vec::new();
+        while paged.len() <= all.len() {
+            let page = reader
+                .audit(&AuditQuery {
+                    account_id: 7,
+                    limit: 1,
+                    before_row: paged.last().copied(),
+                    ..AuditQuery::default()
+                })
+                .unwrap();
+            let Some(row) = page.first() else { break };
+            paged.push(row.row_id);
+        }
+        assert_eq!(paged, all);
+        drop((reader, conn));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -506,6 +506,30 @@ fn scopes_accounts_keys_and_audit_events() {
             .iter()
             .all(|x| x["id"] != before)
     );
+    // Paging one event at a time visits every event once, newest first, even where several
+    // share a millisecond (the sessions and keys above were made back to back).
+    let all = s.get_auth("/v1/audit/events?limit=100", &f.key).expect(200)["events"].clone();
+    let all: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(all.len() >= 4, "{all:?}");
+    let mut paged: Vec<String> = Vec::new();
+    loop {
+        let path = match paged.last() {
+            Some(last) => format!("/v1/audit/events?limit=1&before={last}"),
+            None => "/v1/audit/events?limit=1".to_string(),
+        };
+        let page = s.get_auth(&path, &f.key).expect(200);
+        match page["events"][0]["id"].as_str() {
+            Some(id) => paged.push(id.to_string()),
+            None => break,
+        }
+        assert!(paged.len() <= all.len(), "paging does not end: {paged:?}");
+    }
+    assert_eq!(paged, all);
     assert_eq!(
         s.get_auth("/v1/audit/events?status=failure", &f.key)
             .expect(200)["events"],
