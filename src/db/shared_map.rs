@@ -11,7 +11,8 @@
 //! and keeps all of its methods, except that for a main database file `xFetch` hands out pages of one
 //! process-wide read-only mapping of that file (one per file, found by device and inode). SQLite only
 //! fetches pages that are in the database file as of the reader's snapshot (pages in the WAL are read
-//! from the WAL), and a page is handed out only when it lies inside the file's size as last seen; the
+//! from the WAL), and a page is handed out only when it and 256 bytes after it lie inside the file's
+//! size as last seen (so the last page is read with `pread`, as SQLite's own `xFetch` does); the
 //! size is looked up again (`fstat`) when a page lies beyond it. `MAP_SHARED` keeps the map coherent
 //! with the writer's checkpoints, exactly like SQLite's own map.
 //!
@@ -34,6 +35,12 @@ const VFS_NAME_C: &CStr = c"sessiond-shared-map";
 /// Address space reserved for one file's map (no memory is used until a page is touched). Pages
 /// beyond it are read with `pread`, as without a map.
 const RESERVE: usize = 64 << 30;
+
+/// Bytes of the file that must follow a page handed out from the map. SQLite may read a few bytes
+/// past a page's end (a record at the very end of a page, in `vdbeRecordCompareInt` for one), and
+/// past the file's last page a mapping raises SIGBUS: the last page is read with `pread` instead.
+/// The unix VFS's own `xFetch` keeps the same 256 bytes for the same reason.
+const EOF_BUFFER: u64 = 256;
 
 /// A read-only `MAP_SHARED` mapping of one database file.
 struct SharedMap {
@@ -94,9 +101,10 @@ impl SharedMap {
         len
     }
 
-    /// A pointer to `amt` bytes at `offset`, when they lie inside the file.
+    /// A pointer to `amt` bytes at `offset`, when they and [`EOF_BUFFER`] bytes after them lie
+    /// inside the file.
     fn get(&self, offset: u64, amt: u64) -> Option<*mut u8> {
-        let end = offset.checked_add(amt)?;
+        let end = offset.checked_add(amt)?.checked_add(EOF_BUFFER)?;
         if end > self.valid.load(Ordering::Acquire) && end > self.refresh() {
             return None;
         }
@@ -281,9 +289,36 @@ unsafe extern "C" fn x_unfetch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     /// Pages handed out from a map, in this test binary.
     pub static FETCHED: AtomicU64 = AtomicU64::new(0);
+
+    /// The file's last page never comes from the map: reading a few bytes past it would raise
+    /// SIGBUS (`sessiond backup` died so on its copy's integrity check).
+    #[test]
+    fn the_last_page_is_never_handed_out() {
+        let dir = std::env::temp_dir().join(format!("sessiond-map-eof-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::write(&path, vec![7u8; 3 * 4096]).unwrap();
+        let map = SharedMap::for_path(&path).unwrap();
+        assert!(map.get(0, 4096).is_some());
+        assert!(map.get(4096, 4096).is_some());
+        assert!(map.get(2 * 4096, 4096).is_none(), "the last page");
+        // Once the file grows, the page before its new last one may come from the map.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&[7u8; 4096])
+            .unwrap();
+        let p = map.get(2 * 4096, 4096).expect("no longer the last page");
+        // SAFETY: the page lies inside the file, which holds 7s.
+        assert_eq!(unsafe { *p.add(4095 + EOF_BUFFER as usize) }, 7);
+        drop(map);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn readers_share_one_map_and_see_the_file_grow() {
