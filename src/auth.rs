@@ -112,18 +112,19 @@ pub fn random_hex(len: usize) -> String {
 
 /// A random (version 4) UUID in its hyphenated lower-case form.
 pub fn uuid_v4() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 16];
     random_bytes(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let mut out = String::with_capacity(36);
-    for (i, x) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
+    for (i, group) in [&b[0..4], &b[4..6], &b[6..8], &b[8..10], &b[10..16]]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
             out.push('-');
         }
-        out.push(HEX[(x >> 4) as usize] as char);
-        out.push(HEX[(x & 0x0f) as usize] as char);
+        push_hex(&mut out, group);
     }
     out
 }
@@ -227,7 +228,18 @@ pub fn dummy_password_hash() -> &'static str {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(2 * bytes.len());
+    push_hex(&mut out, bytes);
+    out
+}
+
+/// Appends `bytes` as lower-case hex digits.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0x0f) as usize] as char);
+    }
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
