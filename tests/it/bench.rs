@@ -39,13 +39,11 @@ struct Figures {
     errors: u64,
 }
 
+/// Builds request `i` of connection `conn`.
+type MakeRequest = Arc<dyn Fn(usize, u64) -> Vec<u8> + Send + Sync>;
+
 /// Drives `addr` from `conns` keep-alive connections for `secs`; `make(conn, i)` builds request i.
-fn drive(
-    addr: &str,
-    conns: usize,
-    secs: f64,
-    make: Arc<dyn Fn(usize, u64) -> Vec<u8> + Send + Sync>,
-) -> Figures {
+fn drive(addr: &str, conns: usize, secs: f64, make: MakeRequest) -> Figures {
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -420,10 +418,12 @@ fn bench() {
         "  RSS with {n} sessions and 10,000 live viewers: {}",
         rss_parts(pid)
     );
+    // One probe against sessiond with the run's connections and duration.
+    let load = |make: MakeRequest| drive(&addr, conns, secs, make);
     if want("healthz") {
         record(
             "GET /healthz (no database)",
-            drive(&addr, conns, secs, Arc::new(|_, _| get("/healthz", None))),
+            load(Arc::new(|_, _| get("/healthz", None))),
         );
     }
     let writer = |text: &str, name: &str| {
@@ -438,12 +438,7 @@ fn bench() {
         let before = server.get("/metrics").text();
         record(
             "POST /sessions",
-            drive(
-                &addr,
-                conns,
-                secs,
-                Arc::new(|_, _| post("/sessions", None, "{}")),
-            ),
+            load(Arc::new(|_, _| post("/sessions", None, "{}"))),
         );
         let after = server.get("/metrics").text();
         let commits = writer(&after, "sessiond_writer_commits_total")
@@ -470,11 +465,7 @@ fn bench() {
     }
     let s2 = seed;
     // A probe compared with the primary-key floor, in alternating rounds.
-    let against_floor = |make: Arc<dyn Fn(usize, u64) -> Vec<u8> + Send + Sync>| {
-        alternate(rounds, &pk_floor, &|| {
-            drive(&addr, conns, secs, make.clone())
-        })
-    };
+    let against_floor = |make: MakeRequest| alternate(rounds, &pk_floor, &|| load(make.clone()));
     let mut get_ratio = None;
     if want("get") {
         let (figures, ratio) = against_floor(Arc::new(move |c, i| {
@@ -490,20 +481,15 @@ fn bench() {
     if want("slug") {
         record(
             "GET /sessions/by-slug/:slug",
-            drive(
-                &addr,
-                conns,
-                secs,
-                Arc::new(move |c, i| {
-                    get(
-                        &format!(
-                            "/sessions/by-slug/bench-slug-{}",
-                            pick(s2 ^ c as u64, i, nn)
-                        ),
-                        None,
-                    )
-                }),
-            ),
+            load(Arc::new(move |c, i| {
+                get(
+                    &format!(
+                        "/sessions/by-slug/bench-slug-{}",
+                        pick(s2 ^ c as u64, i, nn)
+                    ),
+                    None,
+                )
+            })),
         );
     }
     let mut admit_ratio = None;
@@ -523,34 +509,24 @@ fn bench() {
         let t2 = token.clone();
         record(
             "POST /api/workspaces/{id}/launch",
-            drive(
-                &addr,
-                conns,
-                secs,
-                Arc::new(move |_, _| {
-                    post("/api/workspaces/ws-remote-desktop/launch", Some(&t2), "{}")
-                }),
-            ),
+            load(Arc::new(move |_, _| {
+                post("/api/workspaces/ws-remote-desktop/launch", Some(&t2), "{}")
+            })),
         );
     }
     if want("runtime") {
         let (ids, key2) = (runtime_ids.clone(), api_key.clone());
         record(
             "GET /v1/sessions/{id}",
-            drive(
-                &addr,
-                conns,
-                secs,
-                Arc::new(move |c, i| {
-                    get(
-                        &format!(
-                            "/v1/sessions/{}",
-                            ids[pick(s2 ^ c as u64, i, ids.len() as u64) as usize]
-                        ),
-                        Some(&key2),
-                    )
-                }),
-            ),
+            load(Arc::new(move |c, i| {
+                get(
+                    &format!(
+                        "/v1/sessions/{}",
+                        ids[pick(s2 ^ c as u64, i, ids.len() as u64) as usize]
+                    ),
+                    Some(&key2),
+                )
+            })),
         );
     }
     eprintln!(
