@@ -429,3 +429,41 @@ fn every_connection_of_a_burst_is_served_while_the_others_stay_open() {
         s.join().unwrap();
     }
 }
+
+#[test]
+fn responses_larger_than_the_write_buffer_are_not_held_back_on_keep_alive() {
+    // tiny_http writes through a 1 KiB buffer, so a larger response leaves in two sends. Without
+    // TCP_NODELAY the second waited for the client's delayed ACK: about 40 ms per response, on every
+    // full view with viewers, every listing. 50 of them would take 2 s on that alone.
+    let server = Server::start();
+    let s = create_share(&server, &json!({ "port": 3000 }));
+    let now = s.body["createdAt"].clone();
+    let viewers: Vec<Value> = (0..20)
+        .map(|i| json!({ "id": format!("viewer-{i:02}"), "lastSeenAt": now, "requests": 1, "ip": "10.0.0.1" }))
+        .collect();
+    server
+        .post_auth(
+            &format!("/internal/sessions/by-slug/{}/viewers", s.slug),
+            GATEWAY_KEY,
+            &json!({ "viewers": viewers }),
+        )
+        .expect(200);
+    let mut conn = connect(&server.addr);
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let request = format!(
+        "GET /sessions/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        s.id, s.owner_token
+    );
+    let started = Instant::now();
+    for _ in 0..50 {
+        conn.write_all(request.as_bytes()).unwrap();
+        let resp = read_response(&mut reader);
+        assert_eq!(resp.status, 200);
+        assert!(resp.text().len() > 2048, "{}", resp.text());
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1200),
+        "50 large responses on one connection took {took:?}: held back by Nagle's algorithm"
+    );
+}

@@ -113,6 +113,17 @@ impl Connection {
         }
     }
 
+    /// sessiond patch: responses go out as soon as they are written. A response larger than the
+    /// connection's 1 KiB write buffer leaves in two sends; with Nagle's algorithm the second one
+    /// waited for the client's delayed ACK, about 40 ms, on every such response.
+    pub(crate) fn set_nodelay(&self) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_nodelay(true),
+            #[cfg(unix)]
+            Self::Unix(_) => Ok(()),
+        }
+    }
+
     /// sessiond patch: so that answering a refused connection can never block the accept loop.
     pub(crate) fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
         match self {

@@ -373,6 +373,7 @@ impl Server {
                             continue;
                         }
                         let _ = sock.set_write_timeout(Some(limits.write_timeout));
+                        let _ = sock.set_nodelay();
                         use util::RefinedTcpStream;
                         let (read_closable, write_closable) = match ssl {
                             // sessiond patch: a connection that cannot be set up is dropped; the
