@@ -181,8 +181,7 @@ mod tests {
     /// a millisecond (a batch of changes in one group commit does).
     #[test]
     fn paging_by_cursor_visits_every_row_once_across_equal_times() {
-        let dir = std::env::temp_dir().join(format!("sessiond-audit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::db::TestDir::new("audit");
         let path = dir.join("audit.db");
         let mut conn = crate::db::open(&path, crate::db::Access::ReadWrite, false).unwrap();
         crate::db::migrate::migrate(&mut conn).unwrap();
@@ -220,7 +219,5 @@ mod tests {
             paged.push(row.row_id);
         }
         assert_eq!(paged, all);
-        drop((reader, conn));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

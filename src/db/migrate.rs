@@ -68,13 +68,18 @@ mod tests {
             .unwrap()
     }
 
+    /// The schema of a database made from `schema.sql` alone.
+    fn canonical() -> Vec<(String, String)> {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        schema_of(&conn)
+    }
+
     #[test]
     fn migrations_build_the_canonical_schema() {
         let mut migrated = Connection::open_in_memory().unwrap();
         assert_eq!(migrate(&mut migrated).unwrap(), (0, LATEST));
-        let canonical = Connection::open_in_memory().unwrap();
-        canonical.execute_batch(SCHEMA).unwrap();
-        assert_eq!(schema_of(&migrated), schema_of(&canonical));
+        assert_eq!(schema_of(&migrated), canonical());
         assert_eq!(migrate(&mut migrated).unwrap(), (LATEST, LATEST));
     }
 
@@ -87,9 +92,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(migrate(&mut conn).unwrap(), (1, LATEST));
-        let canonical = Connection::open_in_memory().unwrap();
-        canonical.execute_batch(SCHEMA).unwrap();
-        assert_eq!(schema_of(&conn), schema_of(&canonical));
+        assert_eq!(schema_of(&conn), canonical());
     }
 
     #[test]

@@ -146,3 +146,27 @@ pub fn integrity_check(conn: &Connection) -> Result<String> {
         .collect::<std::result::Result<_, _>>()?;
     Ok(rows.join("; "))
 }
+
+/// A directory of its own for one unit test, removed when the test ends (also when it fails).
+#[cfg(test)]
+pub(crate) struct TestDir(std::path::PathBuf);
+
+#[cfg(test)]
+impl TestDir {
+    pub(crate) fn new(name: &str) -> TestDir {
+        let dir = std::env::temp_dir().join(format!("sessiond-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TestDir(dir)
+    }
+
+    pub(crate) fn join(&self, file: &str) -> std::path::PathBuf {
+        self.0.join(file)
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -298,8 +298,7 @@ mod tests {
     /// SIGBUS (`sessiond backup` died so on its copy's integrity check).
     #[test]
     fn the_last_page_is_never_handed_out() {
-        let dir = std::env::temp_dir().join(format!("sessiond-map-eof-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::db::TestDir::new("map-eof");
         let path = dir.join("f");
         std::fs::write(&path, vec![7u8; 3 * 4096]).unwrap();
         let map = SharedMap::for_path(&path).unwrap();
@@ -316,14 +315,11 @@ mod tests {
         let p = map.get(2 * 4096, 4096).expect("no longer the last page");
         // SAFETY: the page lies inside the file, which holds 7s.
         assert_eq!(unsafe { *p.add(4095 + EOF_BUFFER as usize) }, 7);
-        drop(map);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn readers_share_one_map_and_see_the_file_grow() {
-        let dir = std::env::temp_dir().join(format!("sessiond-map-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::db::TestDir::new("map");
         let path = dir.join("t.db");
         let _ = std::fs::remove_file(&path);
         register();
@@ -378,6 +374,5 @@ mod tests {
             1,
             "closing the readers released the map"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
