@@ -352,7 +352,7 @@ fn user_command(cfg: &Config, words: &[&str]) -> Result<u8, Failure> {
                 let new = db::users::NewUser {
                     email: &email,
                     name: &name,
-                    password_hash: hash,
+                    password_hash: &hash,
                     account_id,
                     role,
                 };

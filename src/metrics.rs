@@ -132,6 +132,12 @@ impl Metrics {
                 w.failed_commits.load(Ordering::Relaxed) as f64,
             ),
             (
+                "sessiond_writer_redone_batches_total",
+                "counter",
+                "Group commits run again with a savepoint per change, because a change failed after writing.",
+                w.redone_batches.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "sessiond_writer_commit_seconds_total",
                 "counter",
                 "Time spent in group commits.",

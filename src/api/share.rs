@@ -454,7 +454,7 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
     let now = ctx.now;
     let slug = ctx.app.writer.exec(move |tx| {
         let (slug, id) = shares::insert_share(tx, &new)?;
-        if let Some(update) = policy_update {
+        if let Some(update) = &policy_update {
             let policy = update.apply(&Policy::default(), password_change);
             shares::update_policy(tx, id, &policy, false)?;
         }

@@ -396,7 +396,7 @@ pub fn register(ctx: &Ctx, req: &Req) -> Result<Resp> {
         let new = NewUser {
             email: &email2,
             name: &name2,
-            password_hash: hash,
+            password_hash: &hash,
             account_id: account,
             role,
         };

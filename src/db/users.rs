@@ -103,7 +103,7 @@ impl Reader {
 pub struct NewUser<'a> {
     pub email: &'a str,
     pub name: &'a str,
-    pub password_hash: String,
+    pub password_hash: &'a str,
     pub account_id: i64,
     pub role: Role,
 }
