@@ -463,7 +463,7 @@ fn command_line_exit_codes_and_schema_checks() {
     assert_eq!(refused.status.code(), Some(1));
     let msg = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        msg.contains("schema version 99") && msg.contains("this binary's 2"),
+        msg.contains("schema version 99") && msg.contains("this binary's 3"),
         "{msg}"
     );
 
@@ -476,29 +476,75 @@ fn command_line_exit_codes_and_schema_checks() {
 }
 
 #[test]
-fn a_database_of_schema_version_1_is_migrated_in_place_and_keeps_its_sessions() {
-    // Version 1 had an index on audit(resource_type, resource_id) that no query used.
+fn a_database_of_schema_version_1_is_migrated_in_place_and_keeps_its_sessions_and_audit() {
+    // Version 1 had an index on audit(resource_type, resource_id) that no query used (gone in 2),
+    // a UNIQUE audit uid and full indexes on sessions' user and workspace (gone in 3).
     let dir = Arc::new(TempDir::new());
     let server = Server::start_in(dir.clone(), Opts::default());
     let share = create_share(&server, &json!({"port": 3000}));
     assert_eq!(server.stop().code(), Some(0));
     let db = dir.path().join("sessiond.db");
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch(
-        "CREATE INDEX audit_resource ON audit(resource_type, resource_id); PRAGMA user_version = 1;",
-    )
+    let audit_sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE name = 'audit'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let old_audit = audit_sql.replace(
+        "uid           TEXT    NOT NULL,",
+        "uid           TEXT    NOT NULL UNIQUE,",
+    );
+    assert_ne!(old_audit, audit_sql);
+    conn.execute_batch(&format!(
+        "ALTER TABLE audit RENAME TO audit_now;
+         DROP INDEX audit_account_time; DROP INDEX audit_time;
+         {old_audit};
+         INSERT INTO audit SELECT * FROM audit_now; DROP TABLE audit_now;
+         CREATE INDEX audit_account_time ON audit(account_id, created_at);
+         CREATE INDEX audit_time ON audit(created_at);
+         CREATE INDEX audit_resource ON audit(resource_type, resource_id);
+         DROP INDEX sessions_user; CREATE INDEX sessions_user ON sessions(user_id, created_at);
+         DROP INDEX sessions_workspace; CREATE INDEX sessions_workspace ON sessions(workspace_id, status);
+         PRAGMA user_version = 1;"
+    ))
     .unwrap();
+    let audit_before: i64 = conn
+        .query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert!(audit_before > 0);
     drop(conn);
 
     let server = Server::start_in(dir, Opts::default());
+    let log = server.log_text();
     assert!(
-        server
-            .log_text()
-            .contains("database migrated to schema version 2")
+        log.contains("database migrated to schema version 2"),
+        "{log}"
     );
-    let indexes = server.query("SELECT name FROM sqlite_schema WHERE name = 'audit_resource'");
-    assert!(indexes.is_empty(), "{indexes:?}");
-    assert_eq!(server.query("PRAGMA user_version")[0][0], json!(2));
+    assert!(
+        log.contains("database migrated to schema version 3"),
+        "{log}"
+    );
+    let gone = server.query(
+        "SELECT name FROM sqlite_schema WHERE name IN ('audit_resource', 'sqlite_autoindex_audit_1', 'audit_now')",
+    );
+    assert!(gone.is_empty(), "{gone:?}");
+    let partial = server.query(
+        "SELECT count(*) FROM sqlite_schema WHERE name IN ('sessions_user', 'sessions_workspace') AND sql LIKE '%IS NOT NULL'",
+    );
+    assert_eq!(partial[0][0], json!(2));
+    assert_eq!(server.query("PRAGMA user_version")[0][0], json!(3));
+    assert_eq!(
+        server.query("SELECT count(*) FROM audit WHERE action = 'session.created'")[0][0],
+        json!(1)
+    );
+    assert!(
+        server.query("SELECT count(*) FROM audit")[0][0]
+            .as_i64()
+            .unwrap()
+            >= audit_before
+    );
     let view = server
         .get(&format!("/sessions/by-slug/{}", share.slug))
         .expect(200);
