@@ -9,9 +9,9 @@ pub mod audit;
 pub mod backup;
 pub mod migrate;
 pub mod runtime;
-pub mod shared_map;
 pub mod shares;
 pub mod users;
+pub mod vfs;
 pub mod workspaces;
 pub mod writer;
 
@@ -60,10 +60,15 @@ pub fn open(path: &Path, access: Access, synchronous_full: bool) -> Result<Conne
     } | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     let conn = match access {
+        // The writer's VFS gathers WAL writes until the commit's sync: only sound when every
+        // commit syncs (see `vfs`).
+        Access::ReadWrite if synchronous_full && vfs::registered() => {
+            Connection::open_with_flags_and_vfs(path, flags, vfs::WRITER_VFS_NAME)
+        }
         Access::ReadWrite => Connection::open_with_flags(path, flags),
         Access::ReadOnly => {
-            shared_map::register();
-            Connection::open_with_flags_and_vfs(path, flags, shared_map::VFS_NAME)
+            vfs::register();
+            Connection::open_with_flags_and_vfs(path, flags, vfs::VFS_NAME)
         }
     }
     .map_err(|e| Error::Internal(format!("cannot open database {}: {e}", path.display())))?;
@@ -83,7 +88,7 @@ pub fn open(path: &Path, access: Access, synchronous_full: bool) -> Result<Conne
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;
              PRAGMA temp_store = MEMORY; PRAGMA cache_size = -8000; PRAGMA wal_autocheckpoint = 4000;"
         ),
-        // Readers read the file through one map shared by all of them (`shared_map`): a page is
+        // Readers read the file through one map shared by all of them (`vfs`): a page is
         // read in place instead of copied into each reader's cache by a pread per miss. Any
         // non-zero mmap_size switches that on; the map's own reserve bounds it.
         Access::ReadOnly => "PRAGMA foreign_keys = ON; PRAGMA query_only = ON; PRAGMA cache_size = -2000;
