@@ -37,6 +37,9 @@ struct Figures {
     /// A client starved for the whole probe shows here (a pool bug once held connections unread).
     max_us: u64,
     errors: u64,
+    /// sessiond's CPU time per request, all threads and the writer's, and its context switches
+    /// per request (probes against sessiond).
+    cpu_us: Option<(f64, f64, f64)>,
 }
 
 /// Builds request `i` of connection `conn`.
@@ -118,6 +121,7 @@ fn drive(addr: &str, conns: usize, secs: f64, make: MakeRequest) -> Figures {
         p99_us: pct(0.99),
         max_us: all.last().copied().unwrap_or(0) as u64,
         errors: errors.load(Ordering::Relaxed),
+        cpu_us: None,
     }
 }
 
@@ -209,6 +213,58 @@ fn status_kib(pid: i32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system, in clock ticks) of process `pid`, or of its threads named `thread`.
+fn cpu_ticks(pid: i32, thread: Option<&str>) -> f64 {
+    let ticks = |stat: &str| -> f64 {
+        // The fields after the command's closing parenthesis; utime and stime are 14th and 15th.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    match thread {
+        None => ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()),
+        Some(name) => std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim() == name)
+                    })
+                    .map(|t| {
+                        ticks(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default())
+                    })
+                    .sum()
+            })
+            .unwrap_or(0.0),
+    }
+}
+
+/// Context switches (voluntary and not) of all threads of process `pid` so far.
+fn context_switches(pid: i32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
 fn rss_kib(pid: i32) -> u64 {
     status_kib(pid, "VmRSS")
 }
@@ -267,8 +323,14 @@ fn bench() {
     let mut results: Vec<Figures> = Vec::new();
     let mut record = |name: &str, mut f: Figures| {
         f.name = name.to_string();
+        let cpu = f
+            .cpu_us
+            .map(|(all, writer, switches)| {
+                format!("  cpu {all:.0} µs/req (writer {writer:.0}), {switches:.1} switches/req")
+            })
+            .unwrap_or_default();
         eprintln!(
-            "  {:<44} {:>9.0} req/s  p50 {:>6} µs  p99 {:>7} µs  max {:>5} ms  non-2xx {}",
+            "  {:<44} {:>9.0} req/s  p50 {:>6} µs  p99 {:>7} µs  max {:>5} ms  non-2xx {}{cpu}",
             f.name,
             f.rps,
             f.p50_us,
@@ -419,7 +481,20 @@ fn bench() {
         rss_parts(pid)
     );
     // One probe against sessiond with the run's connections and duration.
-    let load = |make: MakeRequest| drive(&addr, conns, secs, make);
+    // Each probe against sessiond also reports the server's CPU time per request (all threads, and
+    // the writer's): a figure this noisy machine moves far less than req/s.
+    let load = |make: MakeRequest| {
+        let (cpu, writer_cpu) = (cpu_ticks(pid, None), cpu_ticks(pid, Some("writer")));
+        let switches = context_switches(pid);
+        let mut f = drive(&addr, conns, secs, make);
+        let requests = (f.rps * secs).max(1.0);
+        f.cpu_us = Some((
+            (cpu_ticks(pid, None) - cpu) * 1e6 / ticks_per_second() / requests,
+            (cpu_ticks(pid, Some("writer")) - writer_cpu) * 1e6 / ticks_per_second() / requests,
+            (context_switches(pid) - switches) / requests,
+        ));
+        f
+    };
     if want("healthz") {
         record(
             "GET /healthz (no database)",
