@@ -35,6 +35,9 @@ pub struct App {
     pub writer: Writer,
     pub viewers: Viewers,
     pub anonymous_shares: RateLimiter<std::net::IpAddr>,
+    /// The `anonymous` account's row id, looked up once (system accounts are never removed): an
+    /// anonymous create then opens no read transaction.
+    pub anonymous_account: std::sync::OnceLock<i64>,
     /// Runtime session creations per credential per minute.
     pub runtime_creates: RateLimiter<i64>,
     /// Failed sign-ins per email and per IP (SPEC §2: 5 in 5 minutes locks out for 5 minutes).
@@ -55,6 +58,7 @@ impl App {
         App {
             viewers: Viewers::new(cfg.viewer_idle_timeout),
             anonymous_shares: RateLimiter::new(cfg.anonymous_share_rate, 60_000),
+            anonymous_account: std::sync::OnceLock::new(),
             login_throttle: Throttle::new(5, 300_000, 300_000),
             metrics: crate::metrics::Metrics::default(),
             access_log: crate::access_log::AccessLog::start(),
