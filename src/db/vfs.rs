@@ -516,10 +516,11 @@ mod tests {
         }
         let gathered = WAL_GATHERED.load(Ordering::Relaxed) - gathered;
         let writes = WAL_WRITES.load(Ordering::Relaxed) - writes;
-        // Other tests of this binary may gather at the same time; the ratio still shows.
+        // About 50 gathered per write here; other tests of this binary may gather at the same
+        // time (a few commits each), so the bound leaves room for them.
         assert!(gathered >= 20 * 150, "{gathered} gathered");
         assert!(
-            writes * 20 < gathered,
+            writes * 10 < gathered,
             "{writes} writes for {gathered} gathered"
         );
         drop((w, r));
