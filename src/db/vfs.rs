@@ -19,13 +19,14 @@
 //! What this relies on, as SQLite's own `mmap_size` does: the database file never shrinks under a
 //! running server (sessiond never runs `VACUUM` on it; `backup` writes another file; `restore` takes
 //! the serve lock). Only connections opened with [`VFS_NAME`] and a non-zero `mmap_size` use the map:
-//! the writer keeps plain I/O.
+//! the writer reads with `pread`.
 //!
-//! **The writer: one `write` per commit to the WAL instead of two per page.** SQLite writes a WAL
-//! frame as two calls (its 24-byte header, then the page), and a 4,120-byte frame straddles two
+//! **The writer: a few large writes per commit to the WAL instead of two per page.** SQLite writes a
+//! WAL frame as two calls (its 24-byte header, then the page), and a 4,120-byte frame straddles two
 //! pages of the kernel's page cache: the writer's profile showed a fifth of its time in `pwrite`.
 //! A WAL file opened through [`WRITER_VFS_NAME`] gathers writes that continue the previous one in
-//! a buffer (up to [`WAL_BUFFER`] bytes) and hands them to the kernel as one write before anything
+//! a buffer (up to [`WAL_BUFFER`] bytes) and hands them to the kernel ([`MAX_WRITE`] bytes at a
+//! time, the most the unix VFS takes in one call) before anything
 //! else touches the file: a sync, a read, a truncate, a size query, a file control, a write
 //! elsewhere, or the close. This is safe only because the writer runs with `synchronous=FULL`: SQLite
 //! then syncs the WAL at every commit *before* it publishes the new frames to readers (in the
@@ -276,7 +277,8 @@ unsafe extern "C" fn x_open(
 }
 
 /// Our method table for files whose default methods are `original`: the same, with our close,
-/// fetch and unfetch. Made once per distinct table and kept for the process.
+/// fetch and unfetch (the map) and our write and the methods that must see the gathered WAL bytes
+/// first. Made once per distinct table and kept for the process.
 fn methods_for(original: *const ffi::sqlite3_io_methods) -> *const ffi::sqlite3_io_methods {
     static TABLES: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
     let mut tables = TABLES.lock().unwrap_or_else(|e| e.into_inner());
@@ -303,16 +305,13 @@ fn methods_for(original: *const ffi::sqlite3_io_methods) -> *const ffi::sqlite3_
 unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
     // SAFETY: the file was opened by x_open, so Extra is initialised; it is read out exactly once.
     unsafe {
-        let flushed = flush(file);
+        let mut extra = extra(file).read();
+        let flushed = extra.flush(file);
         if flushed != ffi::SQLITE_OK {
             log::error!("WAL bytes could not be written at close (SQLite error {flushed})");
         }
-        let Extra {
-            map,
-            pending,
-            original,
-        } = extra(file).read();
-        drop((map, pending));
+        let original = extra.original;
+        drop(extra);
         match (*original).xClose {
             Some(close) => close(file),
             None => ffi::SQLITE_OK,
@@ -320,15 +319,26 @@ unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
     }
 }
 
-/// Writes the gathered WAL bytes, if any, through the default VFS.
-unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: Extra is initialised (x_open); the default xWrite gets slices of our own buffer.
-    unsafe {
-        let extra = &mut *extra(file);
-        let Some(pending) = extra.pending.as_mut() else {
+impl Pending {
+    /// Whether a write of `len` bytes at `offset` can join the gathered bytes.
+    fn takes(&self, offset: i64, len: usize) -> bool {
+        (self.bytes.is_empty() || self.offset + self.bytes.len() as i64 == offset)
+            && self.bytes.len() + len <= WAL_BUFFER
+    }
+}
+
+impl Extra {
+    /// Writes the gathered WAL bytes, if any, through the default VFS's `xWrite` on `file` (which
+    /// touches only the default VFS's part of the file structure, never `self`).
+    ///
+    /// # Safety
+    /// `file` is the open file this `Extra` belongs to.
+    unsafe fn flush(&mut self, file: *mut ffi::sqlite3_file) -> c_int {
+        let Some(pending) = self.pending.as_mut() else {
             return ffi::SQLITE_OK;
         };
-        let Some(write) = (*extra.original).xWrite else {
+        // SAFETY: `original` is the default VFS's static method table.
+        let Some(write) = (unsafe { *self.original }).xWrite else {
             return ffi::SQLITE_IOERR_WRITE;
         };
         let mut rc = ffi::SQLITE_OK;
@@ -339,7 +349,8 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
             let end = ((at as usize + MAX_WRITE) & !4095)
                 .min(pending.offset as usize + pending.bytes.len());
             let piece = &pending.bytes[done..end - pending.offset as usize];
-            rc = write(file, piece.as_ptr().cast(), piece.len() as c_int, at);
+            // SAFETY: the caller's open file, and a slice of our own buffer.
+            rc = unsafe { write(file, piece.as_ptr().cast(), piece.len() as c_int, at) };
             done += piece.len();
             #[cfg(test)]
             tests::WAL_WRITES.fetch_add(1, Ordering::Relaxed);
@@ -360,10 +371,18 @@ unsafe extern "C" fn x_write(
     // SAFETY: Extra is initialised (x_open); `data` holds `amt` bytes (SQLite's contract).
     unsafe {
         let extra = &mut *extra(file);
-        if let (Some(pending), Ok(len)) = (extra.pending.as_mut(), usize::try_from(amt)) {
-            let continues =
-                pending.bytes.is_empty() || pending.offset + pending.bytes.len() as i64 == offset;
-            if continues && pending.bytes.len() + len <= WAL_BUFFER {
+        let gather =
+            extra.pending.is_some() && usize::try_from(amt).is_ok_and(|len| len <= WAL_BUFFER);
+        if gather {
+            let len = amt as usize;
+            if !extra.pending.as_ref().is_some_and(|p| p.takes(offset, len)) {
+                let rc = extra.flush(file);
+                if rc != ffi::SQLITE_OK {
+                    return rc;
+                }
+            }
+            // Empty after a flush, so it takes any write of at most WAL_BUFFER bytes.
+            if let Some(pending) = extra.pending.as_mut() {
                 if pending.bytes.is_empty() {
                     pending.offset = offset;
                 }
@@ -372,13 +391,6 @@ unsafe extern "C" fn x_write(
                 #[cfg(test)]
                 tests::WAL_GATHERED.fetch_add(1, Ordering::Relaxed);
                 return ffi::SQLITE_OK;
-            }
-            let rc = flush(file);
-            if rc != ffi::SQLITE_OK {
-                return rc;
-            }
-            if len <= WAL_BUFFER {
-                return x_write(file, data, amt, offset);
             }
         }
         match (*extra.original).xWrite {
@@ -394,11 +406,12 @@ macro_rules! flush_first {
         unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file, $($arg: $ty),*) -> c_int {
             // SAFETY: Extra is initialised (x_open); the arguments are SQLite's, passed on.
             unsafe {
-                let rc = flush(file);
+                let extra = &mut *extra(file);
+                let rc = extra.flush(file);
                 if rc != ffi::SQLITE_OK {
                     return rc;
                 }
-                match (*(*extra(file)).original).$method {
+                match (*extra.original).$method {
                     Some(method) => method(file, $($arg),*),
                     None => $missing,
                 }
