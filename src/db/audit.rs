@@ -148,17 +148,11 @@ mod tests {
     use super::*;
 
     fn listing_plan(conn: &rusqlite::Connection) -> String {
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {AUDIT_LISTING}"))
-            .unwrap()
-            .query_map(
-                rusqlite::params_from_iter(std::iter::repeat_n(None::<i64>, 11)),
-                |r| r.get::<_, String>(3),
-            )
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        plan.join("; ")
+        crate::db::query_plan(
+            conn,
+            AUDIT_LISTING,
+            rusqlite::params_from_iter(std::iter::repeat_n(None::<i64>, 11)),
+        )
     }
 
     /// The listing's plan uses the account's time index for its order: with a temporary b-tree,

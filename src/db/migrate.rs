@@ -172,12 +172,11 @@ mod tests {
         )
         .unwrap();
         let rows = |conn: &Connection| -> Vec<String> {
-            conn.prepare("SELECT json_array(id, uid, account_id, actor_type, action, status, summary, metadata, ip, created_at) FROM audit ORDER BY id")
-                .unwrap()
-                .query_map([], |r| r.get(0))
-                .unwrap()
-                .collect::<std::result::Result<_, _>>()
-                .unwrap()
+            crate::db::column(
+                conn,
+                "SELECT json_array(id, uid, account_id, actor_type, action, status, summary, metadata, ip, created_at) FROM audit ORDER BY id",
+                [],
+            )
         };
         let before = rows(&conn);
         assert_eq!(migrate(&mut conn).unwrap(), (2, LATEST));
@@ -216,14 +215,7 @@ mod tests {
             ),
         ];
         for (sql, index) in lookups {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map([1], |r| r.get(3))
-                .unwrap()
-                .collect::<rusqlite::Result<_>>()
-                .unwrap();
-            let plan = plan.join("; ");
+            let plan = crate::db::query_plan(&conn, sql, [1]);
             assert!(
                 plan.contains(&format!("USING INDEX {index}")),
                 "{sql}\n{plan}"

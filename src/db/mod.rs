@@ -169,6 +169,34 @@ impl TestDir {
     }
 }
 
+/// The first column of every row `sql` returns (unit tests).
+#[cfg(test)]
+pub(crate) fn column<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Vec<T> {
+    conn.prepare(sql)
+        .unwrap()
+        .query_map(params, |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+/// SQLite's query plan for `sql` as one line, steps joined by "; " (unit tests).
+#[cfg(test)]
+pub(crate) fn query_plan(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> String {
+    let steps: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap()
+        .query_map(params, |r| r.get(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    steps.join("; ")
+}
+
 #[cfg(test)]
 impl Drop for TestDir {
     fn drop(&mut self) {

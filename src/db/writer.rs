@@ -245,22 +245,19 @@ enum Ran {
 fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, stats: &WriterStats) {
     let started = Instant::now();
     let size = batch.len() as u64;
-    let mut commit = match run_batch(conn, batch, Mode::Optimistic) {
-        Ok(Ran::Clean) => conn.execute_batch("COMMIT").map_err(Error::from),
+    let ran = match run_batch(conn, batch, Mode::Optimistic) {
         Ok(Ran::Dirty) => {
             stats.redone_batches.fetch_add(1, Ordering::Relaxed);
-            let _ = conn.execute_batch("ROLLBACK");
-            match run_batch(conn, batch, Mode::Savepoints) {
-                Ok(_) => conn.execute_batch("COMMIT").map_err(Error::from),
-                Err(e) => Err(e),
-            }
+            let _ = exec_cached(conn, "ROLLBACK");
+            run_batch(conn, batch, Mode::Savepoints)
         }
-        Err(e) => Err(e),
+        other => other,
     };
+    let mut commit = ran.and_then(|_| exec_cached(conn, "COMMIT"));
     if let Err(e) = &commit {
         log::error!("group commit of {size} jobs failed: {e}");
         if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = exec_cached(conn, "ROLLBACK");
         }
         stats.failed_commits.fetch_add(1, Ordering::Relaxed);
         if let Error::Internal(_) = e {
@@ -287,7 +284,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, stats: &Writer
 /// Begins a transaction and runs every job of the batch in it (stopping early only when a job
 /// leaves a dirty failure in optimistic mode). The transaction is left open for the caller.
 fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>], mode: Mode) -> Result<Ran> {
-    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    exec_cached(conn, "BEGIN IMMEDIATE")?;
     let tx = Tx { conn };
     for job in batch.iter_mut() {
         match mode {
@@ -298,12 +295,12 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>], mode: Mode) -> Resul
                 }
             }
             Mode::Savepoints => {
-                savepoint(conn, "SAVEPOINT job")?;
+                exec_cached(conn, "SAVEPOINT job")?;
                 if job.run(&tx) {
-                    savepoint(conn, "RELEASE job")?;
+                    exec_cached(conn, "RELEASE job")?;
                 } else {
-                    savepoint(conn, "ROLLBACK TO job")?;
-                    savepoint(conn, "RELEASE job")?;
+                    exec_cached(conn, "ROLLBACK TO job")?;
+                    exec_cached(conn, "RELEASE job")?;
                 }
             }
         }
@@ -318,7 +315,9 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>], mode: Mode) -> Resul
     Ok(Ran::Clean)
 }
 
-fn savepoint(conn: &Connection, sql: &str) -> Result<()> {
+/// Runs a statement without results from the connection's statement cache (these run once or
+/// more per batch).
+fn exec_cached(conn: &Connection, sql: &str) -> Result<()> {
     conn.prepare_cached(sql)?.execute([])?;
     Ok(())
 }
@@ -326,24 +325,32 @@ fn savepoint(conn: &Connection, sql: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{Access, TestDir, open};
+    use crate::db::{Access, TestDir, column, open};
 
-    /// A job that inserts `value` into `t`, then fails with a 409 if `fail_after_write`; also
-    /// counts its runs.
+    /// How a test job ends.
+    #[derive(Clone, Copy)]
+    enum Outcome {
+        Succeeds,
+        FailsBeforeWriting,
+        FailsAfterWriting,
+    }
+    use Outcome::*;
+
+    /// A job that inserts `value` into `t` and ends as `outcome` says (a failure is a 409); it
+    /// counts its runs in `runs`.
     fn job(
         value: i64,
-        fail_after_write: bool,
-        fail_before_write: bool,
+        outcome: Outcome,
         runs: Arc<AtomicU64>,
     ) -> (Box<dyn Job>, Receiver<Result<i64>>) {
         let (reply, answer) = crossbeam_channel::bounded(1);
         let work = move |tx: &Tx| -> Result<i64> {
             runs.fetch_add(1, Ordering::SeqCst);
-            if fail_before_write {
+            if let FailsBeforeWriting = outcome {
                 return Err(Error::Conflict("refused before writing".into()));
             }
             tx.conn.execute("INSERT INTO t (v) VALUES (?1)", [value])?;
-            if fail_after_write {
+            if let FailsAfterWriting = outcome {
                 return Err(Error::Conflict("refused after writing".into()));
             }
             Ok(value)
@@ -356,22 +363,10 @@ mod tests {
         (Box::new(job), answer)
     }
 
-    fn values(conn: &Connection) -> Vec<i64> {
-        conn.prepare("SELECT v FROM t ORDER BY v")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<std::result::Result<_, _>>()
-            .unwrap()
-    }
-
-    /// Runs one batch of jobs given as (value, fail_after_write, fail_before_write); returns each
-    /// job's answer and run count, the table's values and how many batches were redone.
+    /// Runs one batch of jobs; returns each job's answer and run count, the table's values and
+    /// how many batches were redone.
     #[allow(clippy::type_complexity)]
-    fn batch_of(
-        name: &str,
-        jobs: &[(i64, bool, bool)],
-    ) -> (Vec<(Result<i64>, u64)>, Vec<i64>, u64) {
+    fn batch_of(name: &str, jobs: &[(i64, Outcome)]) -> (Vec<(Result<i64>, u64)>, Vec<i64>, u64) {
         let dir = TestDir::new(name);
         let conn = open(&dir.join("w.db"), Access::ReadWrite, true).unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL UNIQUE)")
@@ -379,9 +374,9 @@ mod tests {
         let stats = WriterStats::default();
         let mut batch = Vec::new();
         let mut answers = Vec::new();
-        for &(value, after, before) in jobs {
+        for &(value, outcome) in jobs {
             let runs = Arc::new(AtomicU64::new(0));
-            let (job, answer) = job(value, after, before, runs.clone());
+            let (job, answer) = job(value, outcome, runs.clone());
             batch.push(job);
             answers.push((answer, runs));
         }
@@ -392,7 +387,7 @@ mod tests {
             .collect();
         (
             answers,
-            values(&conn),
+            column(&conn, "SELECT v FROM t ORDER BY v", []),
             stats.redone_batches.load(Ordering::Relaxed),
         )
     }
@@ -401,7 +396,7 @@ mod tests {
     fn a_job_that_fails_before_writing_costs_the_others_nothing() {
         let (answers, values, redone) = batch_of(
             "writer-clean",
-            &[(1, false, false), (2, false, true), (3, false, false)],
+            &[(1, Succeeds), (2, FailsBeforeWriting), (3, Succeeds)],
         );
         assert_eq!(values, [1, 3]);
         assert_eq!(redone, 0);
@@ -414,7 +409,7 @@ mod tests {
     fn a_job_that_fails_after_writing_leaves_nothing_and_the_others_commit() {
         let (answers, values, redone) = batch_of(
             "writer-dirty",
-            &[(1, false, false), (2, true, false), (3, false, false)],
+            &[(1, Succeeds), (2, FailsAfterWriting), (3, Succeeds)],
         );
         // Job 2's row is gone, the others' rows are there once each.
         assert_eq!(values, [1, 3]);
@@ -431,7 +426,7 @@ mod tests {
         // so the job changed nothing and the batch is not redone.
         let (answers, values, redone) = batch_of(
             "writer-statement",
-            &[(1, false, false), (1, false, false), (3, false, false)],
+            &[(1, Succeeds), (1, Succeeds), (3, Succeeds)],
         );
         assert_eq!(values, [1, 3]);
         assert_eq!(redone, 0);
