@@ -37,9 +37,8 @@ struct Figures {
     /// A client starved for the whole probe shows here (a pool bug once held connections unread).
     max_us: u64,
     errors: u64,
-    /// sessiond's CPU time per request, all threads and the writer's, and its context switches
-    /// per request (probes against sessiond).
-    cpu_us: Option<(f64, f64, f64)>,
+    /// sessiond's cost per request (probes against sessiond).
+    cost: Option<Cost>,
 }
 
 /// Builds request `i` of connection `conn`.
@@ -121,7 +120,7 @@ fn drive(addr: &str, conns: usize, secs: f64, make: MakeRequest) -> Figures {
         p99_us: pct(0.99),
         max_us: all.last().copied().unwrap_or(0) as u64,
         errors: errors.load(Ordering::Relaxed),
-        cpu_us: None,
+        cost: None,
     }
 }
 
@@ -213,50 +212,66 @@ fn status_kib(pid: i32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system, in clock ticks) of process `pid`, or of its threads named `thread`.
-fn cpu_ticks(pid: i32, thread: Option<&str>) -> f64 {
-    let ticks = |stat: &str| -> f64 {
-        // The fields after the command's closing parenthesis; utime and stime are 14th and 15th.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-    };
-    match thread {
-        None => ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()),
-        Some(name) => std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|tasks| {
-                tasks
-                    .flatten()
-                    .filter(|t| {
-                        std::fs::read_to_string(t.path().join("comm"))
-                            .is_ok_and(|c| c.trim() == name)
-                    })
-                    .map(|t| {
-                        ticks(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default())
-                    })
-                    .sum()
-            })
-            .unwrap_or(0.0),
-    }
+/// What sessiond has spent so far, from `/proc`: CPU clock ticks (user + system) of the process
+/// and of its writer thread, and context switches (voluntary and not) of all its threads.
+#[derive(Clone, Copy)]
+struct Spent {
+    ticks: f64,
+    writer_ticks: f64,
+    switches: f64,
 }
 
-/// Context switches (voluntary and not) of all threads of process `pid` so far.
-fn context_switches(pid: i32) -> f64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0.0;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
-        .flat_map(|status| {
-            status
+/// The server's cost per request over a probe.
+#[derive(Clone, Copy)]
+struct Cost {
+    cpu_us: f64,
+    writer_cpu_us: f64,
+    switches: f64,
+}
+
+impl Spent {
+    fn of(pid: i32) -> Spent {
+        // utime and stime: the 12th and 13th fields after the command's closing parenthesis.
+        let ticks = |stat: &str| -> f64 {
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse::<f64>().ok())
+                .sum()
+        };
+        let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+        let mut spent = Spent {
+            ticks: ticks(&read(format!("/proc/{pid}/stat").into())),
+            writer_ticks: 0.0,
+            switches: 0.0,
+        };
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if read(task.path().join("comm")).trim() == "writer" {
+                spent.writer_ticks += ticks(&read(task.path().join("stat")));
+            }
+            spent.switches += read(task.path().join("status"))
                 .lines()
                 .filter(|l| l.contains("ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-                .collect::<Vec<_>>()
-        })
-        .sum()
+                .sum::<f64>();
+        }
+        spent
+    }
+
+    /// The cost per request of `requests` requests served between `self` and `later`.
+    fn per_request(self, later: Spent, requests: f64) -> Cost {
+        let us = 1e6 / ticks_per_second() / requests;
+        Cost {
+            cpu_us: (later.ticks - self.ticks) * us,
+            writer_cpu_us: (later.writer_ticks - self.writer_ticks) * us,
+            switches: (later.switches - self.switches) / requests,
+        }
+    }
 }
 
 fn ticks_per_second() -> f64 {
@@ -324,9 +339,12 @@ fn bench() {
     let mut record = |name: &str, mut f: Figures| {
         f.name = name.to_string();
         let cpu = f
-            .cpu_us
-            .map(|(all, writer, switches)| {
-                format!("  cpu {all:.0} µs/req (writer {writer:.0}), {switches:.1} switches/req")
+            .cost
+            .map(|c| {
+                format!(
+                    "  cpu {:.0} µs/req (writer {:.0}), {:.1} switches/req",
+                    c.cpu_us, c.writer_cpu_us, c.switches
+                )
             })
             .unwrap_or_default();
         eprintln!(
@@ -481,18 +499,13 @@ fn bench() {
         rss_parts(pid)
     );
     // One probe against sessiond with the run's connections and duration.
-    // Each probe against sessiond also reports the server's CPU time per request (all threads, and
-    // the writer's): a figure this noisy machine moves far less than req/s.
+    // Each probe against sessiond also reports what the server spent per request: CPU (all
+    // threads, and the writer's) and context switches. It shows where a change acts; it drifts with
+    // the machine too (134-205 µs per create for one binary on one afternoon).
     let load = |make: MakeRequest| {
-        let (cpu, writer_cpu) = (cpu_ticks(pid, None), cpu_ticks(pid, Some("writer")));
-        let switches = context_switches(pid);
+        let before = Spent::of(pid);
         let mut f = drive(&addr, conns, secs, make);
-        let requests = (f.rps * secs).max(1.0);
-        f.cpu_us = Some((
-            (cpu_ticks(pid, None) - cpu) * 1e6 / ticks_per_second() / requests,
-            (cpu_ticks(pid, Some("writer")) - writer_cpu) * 1e6 / ticks_per_second() / requests,
-            (context_switches(pid) - switches) / requests,
-        ));
+        f.cost = Some(before.per_request(Spent::of(pid), (f.rps * secs).max(1.0)));
         f
     };
     if want("healthz") {
