@@ -13,7 +13,7 @@ use crate::db::shares::{self, NewShare};
 use crate::db::{Reader, audit};
 use crate::domain::share::{
     AuthMode, BASIC_USERNAME, Policy, SCOPED_TOKEN_MAX_TTL, SCOPES, Share, looks_like_slug,
-    parse_minutes_or_hours,
+    new_session_uid, parse_minutes_or_hours,
 };
 use crate::domain::time::{parse_rfc3339, rfc3339};
 use crate::domain::{Actor, ActorType, AuditEntry};
@@ -440,7 +440,7 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
         }
     };
 
-    let uid = format!("sess_{}", auth::random_lower_alnum(32));
+    let uid = new_session_uid(ctx.now);
     let owner_token = auth::random_lower_alnum(32);
     let basic_password = (auth_mode == AuthMode::Basic).then(|| auth::random_alnum(16));
     let new = NewShare {
