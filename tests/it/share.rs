@@ -60,6 +60,15 @@ fn create_returns_the_documented_fields() {
             .bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     );
+    // Ids start with the creation time (the uid index then takes a batch of creates on one
+    // leaf): one made later sorts after, and the random rest still differs.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let later = server
+        .post("/sessions", &json!({ "port": 3000 }))
+        .expect(201);
+    let later = later["sessionId"].as_str().unwrap();
+    assert!(later > id, "{later} sorts after {id}");
+    assert_ne!(later[14..], id[14..]);
     let slug = body["slug"].as_str().unwrap();
     let parts: Vec<&str> = slug.split('-').collect();
     assert_eq!(parts.len(), 3, "{slug}");
