@@ -323,7 +323,7 @@ fn bench() {
     let n = env_num("SESSIOND_BENCH_N", 100_000);
     let conns = env_num("SESSIOND_BENCH_CONNS", 64) as usize;
     let secs = env_num("SESSIOND_BENCH_SECS", 5) as f64;
-    let rounds = env_num("SESSIOND_BENCH_ROUNDS", 3).max(1) as usize;
+    let rounds = env_num("SESSIOND_BENCH_ROUNDS", 5).max(1) as usize;
     let threads = std::thread::available_parallelism()
         .map(|p| p.get() * 8)
         .unwrap_or(16)
