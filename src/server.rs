@@ -35,9 +35,8 @@ pub struct App {
     pub writer: Writer,
     pub viewers: Viewers,
     pub anonymous_shares: RateLimiter<std::net::IpAddr>,
-    /// The `anonymous` account's row id, looked up once (system accounts are never removed): an
-    /// anonymous create then opens no read transaction.
-    pub anonymous_account: std::sync::OnceLock<i64>,
+    /// The `anonymous` account's row id once looked up (see [`Ctx::anonymous_account`]).
+    anonymous_account: std::sync::OnceLock<i64>,
     /// Runtime session creations per credential per minute.
     pub runtime_creates: RateLimiter<i64>,
     /// Failed sign-ins per email and per IP (SPEC §2: 5 in 5 minutes locks out for 5 minutes).
@@ -82,6 +81,19 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     pub fn cfg(&self) -> &Config {
         &self.app.cfg
+    }
+
+    /// The `anonymous` account's row id, looked up on first use and then kept (system accounts
+    /// are never removed): an anonymous create opens no read transaction for it.
+    pub fn anonymous_account(&self) -> Result<i64> {
+        if let Some(&id) = self.app.anonymous_account.get() {
+            return Ok(id);
+        }
+        let id = self
+            .db
+            .account_id_by_name(db::accounts::ANONYMOUS_ACCOUNT)?
+            .ok_or_else(|| Error::Internal("the anonymous account is missing".into()))?;
+        Ok(*self.app.anonymous_account.get_or_init(|| id))
     }
 }
 

@@ -424,19 +424,7 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
                         retry_after_secs,
                     })?;
             }
-            let account = match ctx.app.anonymous_account.get() {
-                Some(&id) => id,
-                None => {
-                    let id = ctx
-                        .db
-                        .account_id_by_name(crate::db::accounts::ANONYMOUS_ACCOUNT)?
-                        .ok_or_else(|| {
-                            Error::Internal("the anonymous account is missing".into())
-                        })?;
-                    *ctx.app.anonymous_account.get_or_init(|| id)
-                }
-            };
-            (account, None)
+            (ctx.anonymous_account()?, None)
         }
     };
 
