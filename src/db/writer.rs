@@ -226,7 +226,7 @@ fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats) {
 }
 
 /// How a batch runs its jobs.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy)]
 enum Mode {
     /// No savepoints; stops at the first job that fails after it changed rows.
     Optimistic,
@@ -363,10 +363,18 @@ mod tests {
         (Box::new(job), answer)
     }
 
-    /// Runs one batch of jobs; returns each job's answer and run count, the table's values and
-    /// how many batches were redone.
-    #[allow(clippy::type_complexity)]
-    fn batch_of(name: &str, jobs: &[(i64, Outcome)]) -> (Vec<(Result<i64>, u64)>, Vec<i64>, u64) {
+    /// What one test batch came to.
+    struct Committed {
+        /// Each job's answer and how many times it ran.
+        answers: Vec<(Result<i64>, u64)>,
+        /// The table's values after the commit.
+        values: Vec<i64>,
+        /// Batches redone with savepoints.
+        redone: u64,
+    }
+
+    /// Runs one batch of jobs in a fresh database.
+    fn batch_of(name: &str, jobs: &[(i64, Outcome)]) -> Committed {
         let dir = TestDir::new(name);
         let conn = open(&dir.join("w.db"), Access::ReadWrite, true).unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL UNIQUE)")
@@ -385,53 +393,53 @@ mod tests {
             .into_iter()
             .map(|(a, runs)| (a.recv().unwrap(), runs.load(Ordering::SeqCst)))
             .collect();
-        (
+        Committed {
             answers,
-            column(&conn, "SELECT v FROM t ORDER BY v", []),
-            stats.redone_batches.load(Ordering::Relaxed),
-        )
+            values: column(&conn, "SELECT v FROM t ORDER BY v", []),
+            redone: stats.redone_batches.load(Ordering::Relaxed),
+        }
     }
 
     #[test]
     fn a_job_that_fails_before_writing_costs_the_others_nothing() {
-        let (answers, values, redone) = batch_of(
+        let b = batch_of(
             "writer-clean",
             &[(1, Succeeds), (2, FailsBeforeWriting), (3, Succeeds)],
         );
-        assert_eq!(values, [1, 3]);
-        assert_eq!(redone, 0);
-        assert!(matches!(answers[0], (Ok(1), 1)));
-        assert!(matches!(answers[1], (Err(Error::Conflict(_)), 1)));
-        assert!(matches!(answers[2], (Ok(3), 1)));
+        assert_eq!(b.values, [1, 3]);
+        assert_eq!(b.redone, 0);
+        assert!(matches!(b.answers[0], (Ok(1), 1)));
+        assert!(matches!(b.answers[1], (Err(Error::Conflict(_)), 1)));
+        assert!(matches!(b.answers[2], (Ok(3), 1)));
     }
 
     #[test]
     fn a_job_that_fails_after_writing_leaves_nothing_and_the_others_commit() {
-        let (answers, values, redone) = batch_of(
+        let b = batch_of(
             "writer-dirty",
             &[(1, Succeeds), (2, FailsAfterWriting), (3, Succeeds)],
         );
         // Job 2's row is gone, the others' rows are there once each.
-        assert_eq!(values, [1, 3]);
-        assert_eq!(redone, 1);
+        assert_eq!(b.values, [1, 3]);
+        assert_eq!(b.redone, 1);
         // Jobs up to the dirty one ran twice; the one after it only in the redo.
-        assert!(matches!(answers[0], (Ok(1), 2)));
-        assert!(matches!(answers[1], (Err(Error::Conflict(_)), 2)));
-        assert!(matches!(answers[2], (Ok(3), 1)));
+        assert!(matches!(b.answers[0], (Ok(1), 2)));
+        assert!(matches!(b.answers[1], (Err(Error::Conflict(_)), 2)));
+        assert!(matches!(b.answers[2], (Ok(3), 1)));
     }
 
     #[test]
     fn a_statement_that_fails_undoes_itself_without_a_redo() {
         // Job 2 inserts a value job 1 already inserted: the UNIQUE violation undoes the statement,
         // so the job changed nothing and the batch is not redone.
-        let (answers, values, redone) = batch_of(
+        let b = batch_of(
             "writer-statement",
             &[(1, Succeeds), (1, Succeeds), (3, Succeeds)],
         );
-        assert_eq!(values, [1, 3]);
-        assert_eq!(redone, 0);
-        assert!(matches!(answers[0], (Ok(1), 1)));
-        assert!(matches!(answers[1], (Err(_), 1)));
-        assert!(matches!(answers[2], (Ok(3), 1)));
+        assert_eq!(b.values, [1, 3]);
+        assert_eq!(b.redone, 0);
+        assert!(matches!(b.answers[0], (Ok(1), 1)));
+        assert!(matches!(b.answers[1], (Err(_), 1)));
+        assert!(matches!(b.answers[2], (Ok(3), 1)));
     }
 }
