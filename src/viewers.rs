@@ -82,6 +82,8 @@ impl Entry {
         };
         let mut rows = rows;
         rows.sort_by_key(|v| v.last_seen_at);
+        // A kicked viewer is never active, whatever row an older flush left behind.
+        rows.retain(|row| !entry.is_kicked(&row.viewer_id));
         for row in rows {
             let since = entry.seq();
             entry.viewers.insert(
@@ -571,5 +573,34 @@ impl Viewers {
                     .sum::<usize>()
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session loaded from the store lists no viewer it has kicked, even when the store still
+    /// has an activity row for that viewer (one a flush wrote after the kick, before the flush
+    /// skipped kicked viewers).
+    #[test]
+    fn a_loaded_session_lists_no_kicked_viewer() {
+        let viewers = Viewers::new(60_000);
+        viewers.note_stored([7]);
+        let row = |id: &str| ViewerRow {
+            viewer_id: id.into(),
+            last_seen_at: 1_000,
+            requests: 1,
+            ip: None,
+            password_ok: false,
+        };
+        let (live, kicked) = viewers
+            .list(7, 2_000, || {
+                Ok((vec![row("v1"), row("v2")], vec!["v1".into()]))
+            })
+            .unwrap();
+        let live: Vec<&str> = live.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(live, ["v2"]);
+        assert_eq!(kicked, ["v1"]);
     }
 }

@@ -335,17 +335,22 @@ pub fn insert_scoped_token(
     Ok(())
 }
 
-/// Writes absorbed viewer activity. Rows of sessions deleted meanwhile are skipped.
+/// Writes absorbed viewer activity. Rows of sessions deleted meanwhile are skipped, and so are
+/// rows of viewers kicked meanwhile: the flush takes activity from memory before a kick and may
+/// be written after it, and the row it would bring back shows the kicked viewer as active once
+/// the session is loaded from the store again.
 ///
 /// Each row is a single-row `INSERT … VALUES … ON CONFLICT DO UPDATE`, with the session's existence
-/// checked once per session beforehand. (An `INSERT … SELECT … WHERE EXISTS` is a multi-row write
-/// to SQLite, which then opens and closes a statement journal for every row; inside the job's
-/// savepoint that cost grew with the flush, and a flush of 100,000 viewers held the writer, and
-/// every other write behind it, for seconds.)
+/// and kicks read once per session beforehand, in one query. (An `INSERT … SELECT … WHERE EXISTS`
+/// is a multi-row write to SQLite, which then opens and closes a statement journal for every row;
+/// inside the job's savepoint that cost grew with the flush, and a flush of 100,000 viewers held
+/// the writer, and every other write behind it, for seconds.)
 pub fn upsert_viewers(tx: &Tx, batch: &[(i64, ViewerRow)]) -> Result<()> {
-    let mut exists = tx
-        .conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?1)")?;
+    // No row: the session is gone; one row with NULL: live, nobody kicked; else the kicked ids.
+    let mut kicked = tx.conn.prepare_cached(
+        "SELECT k.viewer_id FROM sessions s LEFT JOIN kicked_viewers k ON k.session_id = s.id
+         WHERE s.id = ?1",
+    )?;
     let mut upsert = tx.conn.prepare_cached(
         "INSERT INTO viewers (session_id, viewer_id, last_seen_at, requests, ip, password_ok)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -353,18 +358,23 @@ pub fn upsert_viewers(tx: &Tx, batch: &[(i64, ViewerRow)]) -> Result<()> {
             last_seen_at = max(last_seen_at, excluded.last_seen_at), requests = excluded.requests,
             ip = coalesce(excluded.ip, ip), password_ok = excluded.password_ok",
     )?;
-    let mut known: std::collections::HashMap<i64, bool> = std::collections::HashMap::new();
+    // Per session: `None` when it is gone, else the viewers kicked from it.
+    let mut known: std::collections::HashMap<i64, Option<Vec<String>>> =
+        std::collections::HashMap::new();
     for (session_id, v) in batch {
-        let live = match known.get(session_id) {
-            Some(live) => *live,
-            None => {
-                let live: bool = exists.query_row([session_id], |r| r.get(0))?;
-                known.insert(*session_id, live);
-                live
+        let kicks = match known.entry(*session_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let rows = kicked
+                    .query_map([session_id], |r| r.get::<_, Option<String>>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let kicks = (!rows.is_empty()).then(|| rows.into_iter().flatten().collect());
+                e.insert(kicks)
             }
         };
-        if !live {
-            continue;
+        match kicks {
+            Some(kicks) if !kicks.contains(&v.viewer_id) => {}
+            _ => continue,
         }
         upsert.execute(params![
             session_id,
@@ -462,5 +472,50 @@ mod tests {
             "2,000 slugs allocated among {stored} stored in {:?}",
             started.elapsed()
         );
+    }
+
+    /// A flush of viewer activity taken before a kick and written after it (the flush thread
+    /// and the kick are separate writer jobs) must not bring the kicked viewer's row back: after
+    /// the session's entry leaves memory, that row would show the viewer as active again.
+    #[test]
+    fn a_flush_written_after_a_kick_skips_the_kicked_viewer() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        migrate::migrate(&mut conn).unwrap();
+        conn.execute(
+            "INSERT INTO accounts (uid, name, kind, created_at) VALUES ('a', 'a', 'system', 0)",
+            [],
+        )
+        .unwrap();
+        let tx = Tx { conn: &conn };
+        let new = NewShare {
+            uid: "s1".into(),
+            account_id: 1,
+            owner_token_hash: crate::auth::token_hash("t"),
+            port: None,
+            auth_mode: AuthMode::None,
+            basic_password_hash: None,
+            ip: None,
+            created_at: 0,
+            expires_at: 10_000,
+        };
+        let (_, id) = insert_share(&tx, &new).unwrap();
+        let row = |viewer: &str, seen: Millis| ViewerRow {
+            viewer_id: viewer.into(),
+            last_seen_at: seen,
+            requests: 1,
+            ip: None,
+            password_ok: false,
+        };
+        upsert_viewers(&tx, &[(id, row("v1", 1)), (id, row("v2", 1))]).unwrap();
+        assert!(kick(&tx, id, "v1", 2).unwrap());
+        // The flush that took v1's activity before the kick commits after it.
+        upsert_viewers(&tx, &[(id, row("v1", 3)), (id, row("v2", 3))]).unwrap();
+
+        let stored: Vec<String> = crate::db::column(
+            &conn,
+            "SELECT viewer_id FROM viewers WHERE session_id = ?1 ORDER BY viewer_id",
+            [id],
+        );
+        assert_eq!(stored, ["v2"]);
     }
 }
