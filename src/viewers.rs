@@ -8,6 +8,7 @@
 //! id, and per presented secret), so a viewer pays for a password once, not per request.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use blake2::{Blake2b256, Digest};
@@ -135,6 +136,24 @@ pub struct Viewers {
     /// startup ([`Viewers::note_stored`]) and those whose entry was dropped with kicks. Any other
     /// session without an entry has none, so reading it costs no query and no memory.
     stored: Mutex<HashSet<i64>>,
+    /// Counts changes that reached the store for a session without an entry in memory (a kick, a
+    /// new password, a deletion). A load reads the store outside the lock; when this moved
+    /// meanwhile, what it read may predate the change, and it reads again (see [`Viewers::locked`]).
+    store_changes: AtomicU64,
+}
+
+/// A shard locked with one session's entry in it (see [`Viewers::locked`]).
+struct Locked<'a> {
+    shard: MutexGuard<'a, HashMap<i64, Entry>>,
+    session_id: i64,
+}
+
+impl Locked<'_> {
+    fn entry(&mut self) -> &mut Entry {
+        self.shard
+            .get_mut(&self.session_id)
+            .expect("the entry stays while its shard is locked")
+    }
 }
 
 /// Viewer-password guessing: 10 wrong passwords from one address for one session within 5 minutes
@@ -174,6 +193,7 @@ impl Viewers {
             attempts_by_ip: Throttle::new(ATTEMPTS.0, 300_000, 300_000),
             attempts_by_session: Throttle::new(ATTEMPTS.1, 300_000, 60_000),
             stored: Mutex::new(HashSet::new()),
+            store_changes: AtomicU64::new(0),
         }
     }
 
@@ -192,24 +212,39 @@ impl Viewers {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes sure the session's entry is in memory, loading it outside the lock.
-    /// (Locks: a shard, then `stored`; never the other way round.)
-    fn ensure_loaded(&self, session_id: i64, load: impl FnOnce() -> Result<Loaded>) -> Result<()> {
-        {
+    /// Locks the session's shard with its entry in it, loading the entry from the store first
+    /// when the store may have rows for it. The load runs outside the lock, and runs again when a
+    /// change reached the store meanwhile. Every read or change of an entry happens under one
+    /// `locked`: an entry dropped by [`Viewers::remove_idle`] between two locks is loaded again,
+    /// never started afresh without its kicks. (Locks: a shard, then `stored`; never the other way
+    /// round.)
+    fn locked(&self, session_id: i64, load: &impl Fn() -> Result<Loaded>) -> Result<Locked<'_>> {
+        loop {
+            let changes = {
+                let mut shard = self.shard(session_id);
+                if shard.contains_key(&session_id) || !self.stored().contains(&session_id) {
+                    shard.entry(session_id).or_default();
+                    return Ok(Locked { shard, session_id });
+                }
+                self.store_changes.load(Ordering::SeqCst)
+            };
+            let loaded = Entry::from_store(load()?);
             let mut shard = self.shard(session_id);
-            if shard.contains_key(&session_id) {
-                return Ok(());
+            if let std::collections::hash_map::Entry::Vacant(vacant) = shard.entry(session_id) {
+                if self.store_changes.load(Ordering::SeqCst) != changes {
+                    continue;
+                }
+                vacant.insert(loaded);
+                self.stored().remove(&session_id);
             }
-            if !self.stored().contains(&session_id) {
-                shard.insert(session_id, Entry::default());
-                return Ok(());
-            }
+            return Ok(Locked { shard, session_id });
         }
-        let loaded = Entry::from_store(load()?);
-        let mut shard = self.shard(session_id);
-        shard.entry(session_id).or_insert(loaded);
-        self.stored().remove(&session_id);
-        Ok(())
+    }
+
+    /// Notes, under the session's shard lock, that its rows in the store changed while it had no
+    /// entry in memory.
+    fn note_store_change(&self, _shard: &MutexGuard<'_, HashMap<i64, Entry>>) {
+        self.store_changes.fetch_add(1, Ordering::SeqCst);
     }
 
     /// True when the session has neither an entry nor rows in the store: nothing to show.
@@ -224,7 +259,7 @@ impl Viewers {
         share: &Share,
         req: &AdmitRequest,
         now: Millis,
-        load: impl FnOnce() -> Result<Loaded>,
+        load: impl Fn() -> Result<Loaded>,
     ) -> Result<Decision> {
         let answer_id = req
             .viewer_id
@@ -248,21 +283,18 @@ impl Viewers {
                 viewer_id: req.viewer_id.map(str::to_string),
             });
         }
-        self.ensure_loaded(share.id, load)?;
-
         // First pass under the lock: everything that needs no argon2.
         let (basic, password) = {
-            let shard = self.shard(share.id);
-            let entry = shard.get(&share.id);
-            if entry.is_some_and(|e| req.viewer_id.is_some_and(|id| e.is_kicked(id))) {
+            let mut locked = self.locked(share.id, &load)?;
+            let entry = &*locked.entry();
+            if req.viewer_id.is_some_and(|id| entry.is_kicked(id)) {
                 return refuse(Refusal::Kicked);
             }
             if !share.policy.public {
                 return refuse(Refusal::Locked);
             }
             let check = |stored: &str, presented: &str| {
-                let remembered =
-                    entry.is_some_and(|e| e.verified.contains(&verified_digest(stored, presented)));
+                let remembered = entry.verified.contains(&verified_digest(stored, presented));
                 if remembered {
                     Secret::Remembered
                 } else {
@@ -280,8 +312,9 @@ impl Viewers {
                 },
                 _ => Secret::NotNeeded,
             };
-            let passed_before = entry
-                .and_then(|e| req.viewer_id.and_then(|id| e.viewers.get(id)))
+            let passed_before = req
+                .viewer_id
+                .and_then(|id| entry.viewers.get(id))
                 .is_some_and(|v| v.password_ok);
             let password = match (&share.policy.password_hash, req.password) {
                 (None, _) => Secret::NotNeeded,
@@ -337,8 +370,8 @@ impl Viewers {
         }
 
         // Second pass under the lock: capacity and tracking, atomically.
-        let mut shard = self.shard(share.id);
-        let entry = shard.entry(share.id).or_default();
+        let mut locked = self.locked(share.id, &load)?;
+        let entry = locked.entry();
         if entry.is_kicked(&answer_id) {
             return refuse(Refusal::Kicked);
         }
@@ -396,16 +429,13 @@ impl Viewers {
         &self,
         session_id: i64,
         now: Millis,
-        load: impl FnOnce() -> Result<Loaded>,
+        load: impl Fn() -> Result<Loaded>,
     ) -> Result<(Vec<LiveViewer>, Vec<String>)> {
         if self.is_blank(session_id) {
             return Ok((Vec::new(), Vec::new()));
         }
-        self.ensure_loaded(session_id, load)?;
-        let shard = self.shard(session_id);
-        let Some(entry) = shard.get(&session_id) else {
-            return Ok((Vec::new(), Vec::new()));
-        };
+        let mut locked = self.locked(session_id, &load)?;
+        let entry = &*locked.entry();
         let cutoff = now - self.idle_timeout;
         let mut live: Vec<(&String, &Viewer)> = entry
             .viewers
@@ -430,11 +460,10 @@ impl Viewers {
         &self,
         session_id: i64,
         reported: Vec<ReportedViewer>,
-        load: impl FnOnce() -> Result<Loaded>,
+        load: impl Fn() -> Result<Loaded>,
     ) -> Result<usize> {
-        self.ensure_loaded(session_id, load)?;
-        let mut shard = self.shard(session_id);
-        let entry = shard.entry(session_id).or_default();
+        let mut locked = self.locked(session_id, &load)?;
+        let entry = locked.entry();
         let mut taken = 0;
         for r in reported {
             if entry.is_kicked(&r.id) {
@@ -473,27 +502,35 @@ impl Viewers {
             // The kick is in the store only: the next use must load it.
             None => {
                 self.stored().insert(session_id);
+                self.note_store_change(&shard);
             }
         }
     }
 
     /// A committed password change: every viewer must pass the new one.
     pub fn reset_passwords(&self, session_id: i64) {
-        if let Some(entry) = self.shard(session_id).get_mut(&session_id) {
-            for v in entry.viewers.values_mut() {
-                if v.password_ok {
-                    v.password_ok = false;
-                    v.dirty = true;
+        let mut shard = self.shard(session_id);
+        match shard.get_mut(&session_id) {
+            Some(entry) => {
+                for v in entry.viewers.values_mut() {
+                    if v.password_ok {
+                        v.password_ok = false;
+                        v.dirty = true;
+                    }
                 }
+                entry.verified.clear();
             }
-            entry.verified.clear();
+            // A load under way may have read the passes from before the change.
+            None => self.note_store_change(&shard),
         }
     }
 
     /// Drops a deleted session (its stored viewers went with it).
     pub fn forget(&self, session_id: i64) {
-        self.shard(session_id).remove(&session_id);
+        let mut shard = self.shard(session_id);
+        shard.remove(&session_id);
         self.stored().remove(&session_id);
+        self.note_store_change(&shard);
     }
 
     /// Takes the activity not yet written to the store.
@@ -601,6 +638,37 @@ mod tests {
             .unwrap();
         let live: Vec<&str> = live.iter().map(|v| v.id.as_str()).collect();
         assert_eq!(live, ["v2"]);
+        assert_eq!(kicked, ["v1"]);
+    }
+
+    /// A load reads the store outside the lock. A kick that commits and reaches `kick` while the
+    /// session has no entry, after the load read the store, must not be lost: the load reads again.
+    #[test]
+    fn a_kick_during_a_load_is_not_lost() {
+        let viewers = Viewers::new(60_000);
+        viewers.note_stored([7]);
+        let row = ViewerRow {
+            viewer_id: "v1".into(),
+            last_seen_at: 1_000,
+            requests: 1,
+            ip: None,
+            password_ok: false,
+        };
+        let loads = std::cell::Cell::new(0);
+        let (live, kicked) = viewers
+            .list(7, 2_000, || {
+                loads.set(loads.get() + 1);
+                if loads.get() == 1 {
+                    // The store as this load read it; the kick commits right after.
+                    viewers.kick(7, "v1");
+                    Ok((vec![row.clone()], vec![]))
+                } else {
+                    Ok((vec![], vec!["v1".into()]))
+                }
+            })
+            .unwrap();
+        assert_eq!(loads.get(), 2);
+        assert!(live.is_empty());
         assert_eq!(kicked, ["v1"]);
     }
 }

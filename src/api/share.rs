@@ -175,7 +175,7 @@ fn share_by_slug(ctx: &Ctx, slug: &str) -> Result<Share> {
     ctx.db.share_by_slug(slug)?.ok_or_else(not_found)
 }
 
-fn loader<'a>(db: &'a Reader, session_id: i64) -> impl FnOnce() -> Result<Loaded> + 'a {
+fn loader<'a>(db: &'a Reader, session_id: i64) -> impl Fn() -> Result<Loaded> + 'a {
     move || Ok((db.share_viewers(session_id)?, db.share_kicked(session_id)?))
 }
 
