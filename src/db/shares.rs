@@ -415,10 +415,8 @@ mod tests {
     use crate::db::migrate;
     use std::collections::HashSet;
 
-    /// Slugs stay unique and allocation keeps working with 1,000,000 stored sessions: the UNIQUE
-    /// index rejects a collision, and the insert draws again.
-    #[test]
-    fn slug_allocation_at_a_million_sessions() {
+    /// A migrated in-memory store with one account (row id 1).
+    fn store_with_account() -> rusqlite::Connection {
         let mut conn = rusqlite::Connection::open_in_memory().unwrap();
         migrate::migrate(&mut conn).unwrap();
         conn.execute(
@@ -426,6 +424,29 @@ mod tests {
             [],
         )
         .unwrap();
+        conn
+    }
+
+    /// A share session of account 1 with the id `uid`.
+    fn new_share(uid: &str) -> NewShare {
+        NewShare {
+            uid: uid.into(),
+            account_id: 1,
+            owner_token_hash: crate::auth::token_hash(uid),
+            port: None,
+            auth_mode: AuthMode::None,
+            basic_password_hash: None,
+            ip: None,
+            created_at: 0,
+            expires_at: 10_000,
+        }
+    }
+
+    /// Slugs stay unique and allocation keeps working with 1,000,000 stored sessions: the UNIQUE
+    /// index rejects a collision, and the insert draws again.
+    #[test]
+    fn slug_allocation_at_a_million_sessions() {
+        let mut conn = store_with_account();
         let tx = conn.transaction().unwrap();
         {
             let mut session = tx
@@ -450,18 +471,8 @@ mod tests {
         let started = std::time::Instant::now();
         let mut slugs = HashSet::new();
         for i in 0..2_000 {
-            let new = NewShare {
-                uid: format!("new{i}"),
-                account_id: 1,
-                owner_token_hash: crate::auth::token_hash(&format!("t{i}")),
-                port: None,
-                auth_mode: AuthMode::None,
-                basic_password_hash: None,
-                ip: None,
-                created_at: 0,
-                expires_at: 1,
-            };
-            let (slug, _) = insert_share(&Tx { conn: &conn }, &new).unwrap();
+            let (slug, _) =
+                insert_share(&Tx { conn: &conn }, &new_share(&format!("new{i}"))).unwrap();
             assert!(slugs.insert(slug));
         }
         let distinct: i64 = conn
@@ -479,26 +490,9 @@ mod tests {
     /// the session's entry leaves memory, that row would show the viewer as active again.
     #[test]
     fn a_flush_written_after_a_kick_skips_the_kicked_viewer() {
-        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
-        migrate::migrate(&mut conn).unwrap();
-        conn.execute(
-            "INSERT INTO accounts (uid, name, kind, created_at) VALUES ('a', 'a', 'system', 0)",
-            [],
-        )
-        .unwrap();
+        let conn = store_with_account();
         let tx = Tx { conn: &conn };
-        let new = NewShare {
-            uid: "s1".into(),
-            account_id: 1,
-            owner_token_hash: crate::auth::token_hash("t"),
-            port: None,
-            auth_mode: AuthMode::None,
-            basic_password_hash: None,
-            ip: None,
-            created_at: 0,
-            expires_at: 10_000,
-        };
-        let (_, id) = insert_share(&tx, &new).unwrap();
+        let (_, id) = insert_share(&tx, &new_share("s1")).unwrap();
         let row = |viewer: &str, seen: Millis| ViewerRow {
             viewer_id: viewer.into(),
             last_seen_at: seen,
