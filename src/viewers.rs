@@ -126,6 +126,10 @@ impl Entry {
     }
 }
 
+fn shard_of(session_id: i64) -> usize {
+    session_id.rem_euclid(SHARDS as i64) as usize
+}
+
 pub struct Viewers {
     shards: Vec<Mutex<HashMap<i64, Entry>>>,
     idle_timeout: Millis,
@@ -136,10 +140,11 @@ pub struct Viewers {
     /// startup ([`Viewers::note_stored`]) and those whose entry was dropped with kicks. Any other
     /// session without an entry has none, so reading it costs no query and no memory.
     stored: Mutex<HashSet<i64>>,
-    /// Counts changes that reached the store for a session without an entry in memory (a kick, a
-    /// new password, a deletion). A load reads the store outside the lock; when this moved
-    /// meanwhile, what it read may predate the change, and it reads again (see [`Viewers::locked`]).
-    store_changes: AtomicU64,
+    /// Per shard, counts changes that reached the store for a session without an entry in memory
+    /// (a kick, a new password, a deletion). A load reads the store outside the lock; when its
+    /// shard's count moved meanwhile, what it read may predate the change, and it reads again (see
+    /// [`Viewers::locked`]).
+    store_changes: Vec<AtomicU64>,
 }
 
 /// A shard locked with one session's entry in it (see [`Viewers::locked`]).
@@ -193,7 +198,7 @@ impl Viewers {
             attempts_by_ip: Throttle::new(ATTEMPTS.0, 300_000, 300_000),
             attempts_by_session: Throttle::new(ATTEMPTS.1, 300_000, 60_000),
             stored: Mutex::new(HashSet::new()),
-            store_changes: AtomicU64::new(0),
+            store_changes: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -207,9 +212,14 @@ impl Viewers {
     }
 
     fn shard(&self, session_id: i64) -> MutexGuard<'_, HashMap<i64, Entry>> {
-        self.shards[session_id.rem_euclid(SHARDS as i64) as usize]
+        self.shards[shard_of(session_id)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The count of store changes of the session's shard.
+    fn store_changes(&self, session_id: i64) -> &AtomicU64 {
+        &self.store_changes[shard_of(session_id)]
     }
 
     /// Locks the session's shard with its entry in it, loading the entry from the store first
@@ -226,12 +236,12 @@ impl Viewers {
                     shard.entry(session_id).or_default();
                     return Ok(Locked { shard, session_id });
                 }
-                self.store_changes.load(Ordering::SeqCst)
+                self.store_changes(session_id).load(Ordering::SeqCst)
             };
             let loaded = Entry::from_store(load()?);
             let mut shard = self.shard(session_id);
             if let std::collections::hash_map::Entry::Vacant(vacant) = shard.entry(session_id) {
-                if self.store_changes.load(Ordering::SeqCst) != changes {
+                if self.store_changes(session_id).load(Ordering::SeqCst) != changes {
                     continue;
                 }
                 vacant.insert(loaded);
@@ -243,8 +253,9 @@ impl Viewers {
 
     /// Notes, under the session's shard lock, that its rows in the store changed while it had no
     /// entry in memory.
-    fn note_store_change(&self, _shard: &MutexGuard<'_, HashMap<i64, Entry>>) {
-        self.store_changes.fetch_add(1, Ordering::SeqCst);
+    fn note_store_change(&self, session_id: i64, _shard: &MutexGuard<'_, HashMap<i64, Entry>>) {
+        self.store_changes(session_id)
+            .fetch_add(1, Ordering::SeqCst);
     }
 
     /// True when the session has neither an entry nor rows in the store: nothing to show.
@@ -502,7 +513,7 @@ impl Viewers {
             // The kick is in the store only: the next use must load it.
             None => {
                 self.stored().insert(session_id);
-                self.note_store_change(&shard);
+                self.note_store_change(session_id, &shard);
             }
         }
     }
@@ -521,7 +532,7 @@ impl Viewers {
                 entry.verified.clear();
             }
             // A load under way may have read the passes from before the change.
-            None => self.note_store_change(&shard),
+            None => self.note_store_change(session_id, &shard),
         }
     }
 
@@ -530,7 +541,7 @@ impl Viewers {
         let mut shard = self.shard(session_id);
         shard.remove(&session_id);
         self.stored().remove(&session_id);
-        self.note_store_change(&shard);
+        self.note_store_change(session_id, &shard);
     }
 
     /// Takes the activity not yet written to the store.
