@@ -14,8 +14,8 @@
 //! twice: its closure is `FnMut`, and it keeps its effects inside the transaction.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -64,7 +64,64 @@ trait Job: Send {
 struct TypedJob<T, F> {
     work: F,
     result: Option<Result<T>>,
-    reply: Sender<Result<T>>,
+    reply: Reply<T>,
+}
+
+/// Where the writer puts one job's answer for the worker waiting on it.
+///
+/// Not a `crossbeam_channel::bounded(1)`: its `recv` spins and then calls `sched_yield` a few
+/// times before it sleeps, and a worker waits about a millisecond for a commit, so every wait
+/// paid for those yields. On two busy cores they were a tenth of the server's CPU on creates.
+/// This slot's wait sleeps on a futex straight away.
+struct Slot<T> {
+    /// `None` until the answer is in; `Some(None)` when the job was dropped unanswered (the
+    /// writer is gone).
+    answer: Mutex<Option<Option<Result<T>>>>,
+    ready: Condvar,
+}
+
+/// The writer's end of a [`Slot`]. Dropping it unanswered wakes the waiter with nothing.
+struct Reply<T>(Arc<Slot<T>>);
+
+impl<T> Reply<T> {
+    fn pair() -> (Reply<T>, Arc<Slot<T>>) {
+        let slot = Arc::new(Slot {
+            answer: Mutex::new(None),
+            ready: Condvar::new(),
+        });
+        (Reply(slot.clone()), slot)
+    }
+
+    fn put(&self, answer: Option<Result<T>>) {
+        let mut slot = self.0.answer.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(answer);
+            self.0.ready.notify_one();
+        }
+    }
+
+    fn send(self, answer: Result<T>) {
+        self.put(Some(answer));
+    }
+}
+
+impl<T> Drop for Reply<T> {
+    fn drop(&mut self) {
+        self.put(None);
+    }
+}
+
+impl<T> Slot<T> {
+    /// Waits for the answer; `None` when the writer dropped the job unanswered.
+    fn wait(&self) -> Option<Result<T>> {
+        let mut slot = self.answer.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(answer) = slot.take() {
+                return answer;
+            }
+            slot = self.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 impl<T, F> Job for TypedJob<T, F>
@@ -90,7 +147,7 @@ where
                 "The store did not run the change".into(),
             )),
         };
-        let _ = self.reply.send(answer);
+        self.reply.send(answer);
     }
 }
 
@@ -140,7 +197,7 @@ impl Writer {
         T: Send + 'static,
         F: FnMut(&Tx) -> Result<T> + Send + 'static,
     {
-        let (reply, answer) = crossbeam_channel::bounded(1);
+        let (reply, answer) = Reply::pair();
         let job = TypedJob {
             work,
             result: None,
@@ -155,8 +212,8 @@ impl Writer {
             }
         });
         answer
-            .recv()
-            .map_err(|_| Error::Unavailable("The store is shutting down".into()))?
+            .wait()
+            .unwrap_or_else(|| Err(Error::Unavailable("The store is shutting down".into())))
     }
 
     pub fn is_alive(&self) -> bool {
@@ -338,12 +395,8 @@ mod tests {
 
     /// A job that inserts `value` into `t` and ends as `outcome` says (a failure is a 409); it
     /// counts its runs in `runs`.
-    fn job(
-        value: i64,
-        outcome: Outcome,
-        runs: Arc<AtomicU64>,
-    ) -> (Box<dyn Job>, Receiver<Result<i64>>) {
-        let (reply, answer) = crossbeam_channel::bounded(1);
+    fn job(value: i64, outcome: Outcome, runs: Arc<AtomicU64>) -> (Box<dyn Job>, Arc<Slot<i64>>) {
+        let (reply, answer) = Reply::pair();
         let work = move |tx: &Tx| -> Result<i64> {
             runs.fetch_add(1, Ordering::SeqCst);
             if let FailsBeforeWriting = outcome {
@@ -391,7 +444,7 @@ mod tests {
         commit_batch(&conn, &mut batch, &stats);
         let answers = answers
             .into_iter()
-            .map(|(a, runs)| (a.recv().unwrap(), runs.load(Ordering::SeqCst)))
+            .map(|(a, runs)| (a.wait().unwrap(), runs.load(Ordering::SeqCst)))
             .collect();
         Committed {
             answers,
