@@ -1,16 +1,18 @@
--- sessiond canonical schema (user_version 3).
+-- sessiond canonical schema (user_version 4).
 --
 -- This file is the schema a fresh database gets, applied by migration 1. Every later migration must
 -- leave a database whose schema equals this file at the new version (a test checks it). Times are
 -- INTEGER milliseconds since the Unix epoch (UTC); secrets are stored only as hashes (BLAKE2b-256 for
--- high-entropy tokens, argon2id PHC strings for human passwords).
+-- high-entropy tokens, argon2id PHC strings for human passwords). A CHECK on more than two values is an
+-- OR chain, never `IN (...)`: SQLite checks such a list by building a temporary B-tree of it on every
+-- INSERT (migration 4).
 
 -- Tenants. `anonymous` (kind 'system') owns anonymously created share sessions.
 CREATE TABLE accounts (
     id          INTEGER PRIMARY KEY,
     uid         TEXT    NOT NULL UNIQUE,
     name        TEXT    NOT NULL UNIQUE,
-    kind        TEXT    NOT NULL CHECK (kind IN ('personal', 'team', 'system')),
+    kind        TEXT    NOT NULL CHECK (kind = 'personal' OR kind = 'team' OR kind = 'system'),
     default_ttl_seconds INTEGER,
     created_at  INTEGER NOT NULL
 ) STRICT;
@@ -30,7 +32,7 @@ CREATE TABLE users (
 CREATE TABLE memberships (
     account_id INTEGER NOT NULL REFERENCES accounts(id),
     user_id    INTEGER NOT NULL REFERENCES users(id),
-    role       TEXT    NOT NULL CHECK (role IN ('owner', 'admin', 'member')),
+    role       TEXT    NOT NULL CHECK (role = 'owner' OR role = 'admin' OR role = 'member'),
     created_at INTEGER NOT NULL,
     PRIMARY KEY (account_id, user_id)
 ) STRICT, WITHOUT ROWID;
@@ -41,7 +43,7 @@ CREATE INDEX memberships_user ON memberships(user_id);
 CREATE TABLE credentials (
     id           INTEGER PRIMARY KEY,
     uid          TEXT    NOT NULL UNIQUE,
-    kind         TEXT    NOT NULL CHECK (kind IN ('login', 'api_key', 'service_key')),
+    kind         TEXT    NOT NULL CHECK (kind = 'login' OR kind = 'api_key' OR kind = 'service_key'),
     token_hash   BLOB    NOT NULL UNIQUE,
     prefix       TEXT    NOT NULL,
     name         TEXT    NOT NULL DEFAULT '',
@@ -95,15 +97,19 @@ CREATE UNIQUE INDEX workspaces_live_uid ON workspaces(account_id, uid) WHERE del
 CREATE TABLE sessions (
     id               INTEGER PRIMARY KEY,
     uid              TEXT    NOT NULL UNIQUE,
-    dialect          TEXT    NOT NULL CHECK (dialect IN ('share', 'workspace', 'runtime')),
+    dialect          TEXT    NOT NULL CHECK (dialect = 'share' OR dialect = 'workspace' OR dialect = 'runtime'),
     account_id       INTEGER NOT NULL REFERENCES accounts(id),
     user_id          INTEGER REFERENCES users(id),
     workspace_id     INTEGER REFERENCES workspaces(id),
     credential_id    INTEGER REFERENCES credentials(id) ON DELETE SET NULL,
     session_type     TEXT,
     status           TEXT    NOT NULL,
-    end_reason       TEXT    CHECK (end_reason IN ('closed', 'deleted', 'disconnected', 'stopped', 'logout',
-                                     'logoff', 'expired', 'idle', 'admin', 'lost', 'failed')),
+    end_reason       TEXT    CHECK (end_reason = 'closed' OR end_reason = 'deleted'
+                                    OR end_reason = 'disconnected' OR end_reason = 'stopped'
+                                    OR end_reason = 'logout' OR end_reason = 'logoff'
+                                    OR end_reason = 'expired' OR end_reason = 'idle'
+                                    OR end_reason = 'admin' OR end_reason = 'lost'
+                                    OR end_reason = 'failed'),
     mfa_verified     INTEGER NOT NULL DEFAULT 0 CHECK (mfa_verified IN (0, 1)),
     ip_address       TEXT,
     created_at       INTEGER NOT NULL,
@@ -214,7 +220,8 @@ CREATE TABLE audit (
     id            INTEGER PRIMARY KEY,
     uid           TEXT    NOT NULL,
     account_id    INTEGER,
-    actor_type    TEXT    NOT NULL CHECK (actor_type IN ('user', 'api_key', 'owner_token', 'service', 'system')),
+    actor_type    TEXT    NOT NULL CHECK (actor_type = 'user' OR actor_type = 'api_key' OR actor_type = 'owner_token'
+                                          OR actor_type = 'service' OR actor_type = 'system'),
     actor_id      TEXT,
     actor_email   TEXT,
     action        TEXT    NOT NULL,

@@ -463,7 +463,7 @@ fn command_line_exit_codes_and_schema_checks() {
     assert_eq!(refused.status.code(), Some(1));
     let msg = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        msg.contains("schema version 99") && msg.contains("this binary's 3"),
+        msg.contains("schema version 99") && msg.contains("this binary's 4"),
         "{msg}"
     );
 
@@ -478,7 +478,8 @@ fn command_line_exit_codes_and_schema_checks() {
 #[test]
 fn a_database_of_schema_version_1_is_migrated_in_place_and_keeps_its_sessions_and_audit() {
     // Version 1 had an index on audit(resource_type, resource_id) that no query used (gone in 2),
-    // a UNIQUE audit uid and full indexes on sessions' user and workspace (gone in 3).
+    // a UNIQUE audit uid and full indexes on sessions' user and workspace (gone in 3), and CHECK
+    // constraints with `IN` lists (OR chains in 4).
     let dir = Arc::new(TempDir::new());
     let server = Server::start_in(dir.clone(), Opts::default());
     let share = create_share(&server, &json!({"port": 3000}));
@@ -492,10 +493,17 @@ fn a_database_of_schema_version_1_is_migrated_in_place_and_keeps_its_sessions_an
             |r| r.get(0),
         )
         .unwrap();
-    let old_audit = audit_sql.replace(
-        "uid           TEXT    NOT NULL,",
-        "uid           TEXT    NOT NULL UNIQUE,",
-    );
+    let old_audit = audit_sql
+        .replace(
+            "uid           TEXT    NOT NULL,",
+            "uid           TEXT    NOT NULL UNIQUE,",
+        )
+        .replace(
+            "actor_type = 'user' OR actor_type = 'api_key' OR actor_type = 'owner_token'
+                                          OR actor_type = 'service' OR actor_type = 'system'",
+            "actor_type IN ('user', 'api_key', 'owner_token', 'service', 'system')",
+        );
+    assert!(old_audit.contains("actor_type IN ("), "{old_audit}");
     assert_ne!(old_audit, audit_sql);
     conn.execute_batch(&format!(
         "ALTER TABLE audit RENAME TO audit_now;
@@ -526,6 +534,13 @@ fn a_database_of_schema_version_1_is_migrated_in_place_and_keeps_its_sessions_an
         log.contains("database migrated to schema version 3"),
         "{log}"
     );
+    assert!(
+        log.contains("database migrated to schema version 4"),
+        "{log}"
+    );
+    let in_lists =
+        server.query("SELECT name FROM sqlite_schema WHERE sql LIKE '%actor_type IN (%'");
+    assert!(in_lists.is_empty(), "{in_lists:?}");
     let gone = server.query(
         "SELECT name FROM sqlite_schema WHERE name IN ('audit_resource', 'sqlite_autoindex_audit_1', 'audit_now')",
     );
@@ -534,7 +549,7 @@ fn a_database_of_schema_version_1_is_migrated_in_place_and_keeps_its_sessions_an
         "SELECT count(*) FROM sqlite_schema WHERE name IN ('sessions_user', 'sessions_workspace') AND sql LIKE '%IS NOT NULL'",
     );
     assert_eq!(partial[0][0], json!(2));
-    assert_eq!(server.query("PRAGMA user_version")[0][0], json!(3));
+    assert_eq!(server.query("PRAGMA user_version")[0][0], json!(4));
     assert_eq!(
         server.query("SELECT count(*) FROM audit WHERE action = 'session.created'")[0][0],
         json!(1)
