@@ -71,47 +71,21 @@ struct TypedJob<T, F> {
 ///
 /// Not a `crossbeam_channel::bounded(1)`: its `recv` spins and then calls `sched_yield` a few
 /// times before it sleeps, and a worker waits about a millisecond for a commit, so every wait
-/// paid for those yields. On two busy cores they were a tenth of the server's CPU on creates.
-/// This slot's wait sleeps on a futex straight away.
+/// paid for those yields (a tenth of the server's profile samples on the create probe, on two
+/// busy cores). This slot's wait sleeps on a futex straight away.
 struct Slot<T> {
-    /// `None` until the answer is in; `Some(None)` when the job was dropped unanswered (the
-    /// writer is gone).
+    /// `Some` once the writer is done with the job: its answer, or `None` when the job was
+    /// dropped unanswered (the writer is gone).
     answer: Mutex<Option<Option<Result<T>>>>,
     ready: Condvar,
 }
 
-/// The writer's end of a [`Slot`]. Dropping it unanswered wakes the waiter with nothing.
-struct Reply<T>(Arc<Slot<T>>);
-
-impl<T> Reply<T> {
-    fn pair() -> (Reply<T>, Arc<Slot<T>>) {
-        let slot = Arc::new(Slot {
-            answer: Mutex::new(None),
-            ready: Condvar::new(),
-        });
-        (Reply(slot.clone()), slot)
-    }
-
-    fn put(&self, answer: Option<Result<T>>) {
-        let mut slot = self.0.answer.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            *slot = Some(answer);
-            self.0.ready.notify_one();
-        }
-    }
-
-    fn send(self, answer: Result<T>) {
-        self.put(Some(answer));
-    }
-}
-
-impl<T> Drop for Reply<T> {
-    fn drop(&mut self) {
-        self.put(None);
-    }
-}
-
 impl<T> Slot<T> {
+    fn put(&self, answer: Option<Result<T>>) {
+        *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
+        self.ready.notify_one();
+    }
+
     /// Waits for the answer; `None` when the writer dropped the job unanswered.
     fn wait(&self) -> Option<Result<T>> {
         let mut slot = self.answer.lock().unwrap_or_else(|e| e.into_inner());
@@ -120,6 +94,39 @@ impl<T> Slot<T> {
                 return answer;
             }
             slot = self.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The writer's end of a [`Slot`]. Dropping it unsent wakes the waiter with nothing.
+struct Reply<T> {
+    slot: Arc<Slot<T>>,
+    sent: bool,
+}
+
+impl<T> Reply<T> {
+    fn pair() -> (Reply<T>, Arc<Slot<T>>) {
+        let slot = Arc::new(Slot {
+            answer: Mutex::new(None),
+            ready: Condvar::new(),
+        });
+        let reply = Reply {
+            slot: slot.clone(),
+            sent: false,
+        };
+        (reply, slot)
+    }
+
+    fn send(mut self, answer: Result<T>) {
+        self.sent = true;
+        self.slot.put(Some(answer));
+    }
+}
+
+impl<T> Drop for Reply<T> {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.slot.put(None);
         }
     }
 }
@@ -450,6 +457,29 @@ mod tests {
             answers,
             values: column(&conn, "SELECT v FROM t ORDER BY v", []),
             redone: stats.redone_batches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A waiting worker wakes with the answer sent from another thread, or with nothing when the
+    /// job is dropped unanswered (the writer stopped); either may come before or after the wait.
+    #[test]
+    fn a_reply_wakes_its_waiter_with_the_answer_or_with_nothing_when_dropped() {
+        for delay in [Duration::ZERO, Duration::from_millis(20)] {
+            let (reply, slot) = Reply::<i64>::pair();
+            let sender = std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                reply.send(Ok(7));
+            });
+            assert!(matches!(slot.wait(), Some(Ok(7))));
+            sender.join().unwrap();
+
+            let (reply, slot) = Reply::<i64>::pair();
+            let dropper = std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                drop(reply);
+            });
+            assert!(slot.wait().is_none());
+            dropper.join().unwrap();
         }
     }
 
