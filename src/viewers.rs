@@ -628,6 +628,17 @@ impl Viewers {
 mod tests {
     use super::*;
 
+    /// A stored activity row of `viewer`, last seen at 1,000.
+    fn row(viewer: &str) -> ViewerRow {
+        ViewerRow {
+            viewer_id: viewer.into(),
+            last_seen_at: 1_000,
+            requests: 1,
+            ip: None,
+            password_ok: false,
+        }
+    }
+
     /// A session loaded from the store lists no viewer it has kicked, even when the store still
     /// has an activity row for that viewer (one a flush wrote after the kick, before the flush
     /// skipped kicked viewers).
@@ -635,13 +646,6 @@ mod tests {
     fn a_loaded_session_lists_no_kicked_viewer() {
         let viewers = Viewers::new(60_000);
         viewers.note_stored([7]);
-        let row = |id: &str| ViewerRow {
-            viewer_id: id.into(),
-            last_seen_at: 1_000,
-            requests: 1,
-            ip: None,
-            password_ok: false,
-        };
         let (live, kicked) = viewers
             .list(7, 2_000, || {
                 Ok((vec![row("v1"), row("v2")], vec!["v1".into()]))
@@ -658,13 +662,6 @@ mod tests {
     fn a_kick_during_a_load_is_not_lost() {
         let viewers = Viewers::new(60_000);
         viewers.note_stored([7]);
-        let row = ViewerRow {
-            viewer_id: "v1".into(),
-            last_seen_at: 1_000,
-            requests: 1,
-            ip: None,
-            password_ok: false,
-        };
         let loads = std::cell::Cell::new(0);
         let (live, kicked) = viewers
             .list(7, 2_000, || {
@@ -672,7 +669,7 @@ mod tests {
                 if loads.get() == 1 {
                     // The store as this load read it; the kick commits right after.
                     viewers.kick(7, "v1");
-                    Ok((vec![row.clone()], vec![]))
+                    Ok((vec![row("v1")], vec![]))
                 } else {
                     Ok((vec![], vec!["v1".into()]))
                 }
