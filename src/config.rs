@@ -41,7 +41,7 @@ const fn secret(name: &'static str, help: &'static str) -> Setting {
 pub const SETTINGS: &[Setting] = &[
     s("listen", "127.0.0.1:8080", "address to listen on (an IP literal and port; port 0 picks one)"),
     s("db", "./sessiond.db", "path of the SQLite database file"),
-    s("threads", "0", "HTTP worker threads (0 = 8 per core, at least 8)"),
+    s("threads", "0", "requests answered at once (0 = 8 per core, at least 8)"),
     s("public_base_url", "http://localhost:3002", "base of publicUrl, ownerUrl and overlayScriptUrl"),
     s("edge_base_url", "ws://localhost:3002", "base of edgeUrl"),
     s("allow_anonymous_shares", "true", "allow POST /sessions without credentials"),

@@ -17,8 +17,8 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// Request counters are sharded by worker so that workers never contend for a lock; a scrape
-/// merges the shards.
+/// Request counters are sharded by answering thread so that threads rarely contend for a lock; a
+/// scrape merges the shards.
 const SHARDS: usize = 32; // arrays up to 32 implement Default
 
 #[derive(Default)]
@@ -43,7 +43,7 @@ pub struct Snapshot<'a> {
 }
 
 impl Metrics {
-    /// Counts one request; `worker` picks the counter shard.
+    /// Counts one request; `worker` (the answering thread's number) picks the counter shard.
     pub fn observe_request(&self, worker: usize, route: &'static str, status: u16, seconds: f64) {
         let shard = &self.requests[worker % SHARDS];
         *shard

@@ -13,7 +13,7 @@ use std::io::Read;
 use std::net::{IpAddr, TcpListener};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -225,99 +225,64 @@ pub fn serve(cfg: Config) -> Result<i32> {
     let listener = TcpListener::bind(cfg.listen)
         .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let local = listener.local_addr()?;
-    let server = Arc::new(
-        tiny_http::Server::from_listener_with_limits(listener, None, http_limits(&cfg, open_files))
-            .map_err(|e| Error::Internal(format!("cannot start the HTTP server: {e}")))?,
-    );
-
     let app = App::new(cfg, writer);
     app.viewers.note_stored(stored_viewers);
     let app = Arc::new(app);
+    let http = Http::start(&app, listener, open_files)?;
 
     let term = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, term.clone())?;
     }
-    let fatal = Arc::new(AtomicBool::new(false));
-
-    // `threads` workers hold the turns to run from the start, each with its read connection;
-    // the spares wait for a turn that a worker gives while it waits for a commit, and open their
-    // read connection when they first get one.
-    let turns = Arc::new(Turns::default());
-    let spares = app.cfg.threads * SPARE_WORKERS;
-    let mut workers = Vec::with_capacity(app.cfg.threads + spares);
-    for i in 0..app.cfg.threads + spares {
-        let reader = if i < app.cfg.threads {
-            Some(Reader::open(&app.cfg.db)?)
-        } else {
-            None
-        };
-        let (app, server, fatal, turns) =
-            (app.clone(), server.clone(), fatal.clone(), turns.clone());
-        let worker = std::thread::Builder::new()
-            .name(format!("worker-{i}"))
-            .spawn(move || work(i, &app, &server, reader, &turns, &fatal))?;
-        workers.push(worker);
-    }
     let reaper = reaper::start(app.clone(), Reader::open(&app.cfg.db)?)?;
     let backups = crate::backups::start(app.clone())?;
 
     log::info!(
-        "sessiond {} listening on http://{local} with {} workers (and {spares} spares for workers waiting on a commit)",
+        "sessiond {} listening on http://{local}: {} requests answered at once, with up to {} read connections",
         env!("CARGO_PKG_VERSION"),
-        app.cfg.threads
+        app.cfg.threads,
+        http.answering.readers.max
     );
     eprintln!("sessiond: listening on http://{local}");
     notify_systemd("READY=1");
 
+    let mut fatal = false;
     let mut last_probe = Instant::now();
-    while !term.load(Ordering::SeqCst) && !fatal.load(Ordering::SeqCst) {
+    while !term.load(Ordering::SeqCst) && !fatal {
         std::thread::sleep(Duration::from_millis(50));
+        // Requests are answered on their connections' threads; only an error that ended
+        // tiny_http's accept loop comes this way.
+        if let Err(e) = http.server.try_recv() {
+            log::error!(
+                "accepting connections failed: {e}; exiting so the supervisor can restart sessiond"
+            );
+            fatal = true;
+        }
         if last_probe.elapsed() >= LISTENER_PROBE_EVERY {
             last_probe = Instant::now();
+            http.answering.readers.close_idle(app.cfg.threads);
             if !listener_alive(local) {
                 log::error!(
                     "the listener on {local} is gone; exiting so the supervisor can restart sessiond"
                 );
-                fatal.store(true, Ordering::SeqCst);
+                fatal = true;
             }
         }
     }
 
     // Shutdown: stop taking requests, finish in-flight ones, flush viewer activity, checkpoint.
+    // A request that arrives from now on is answered 503 with `Retry-After`.
     let deadline = Instant::now() + Duration::from_millis(app.cfg.shutdown_timeout as u64);
-    let failed = fatal.load(Ordering::SeqCst);
     log::info!(
         "shutting down ({})",
-        if failed { "accept failure" } else { "signal" }
+        if fatal { "accept failure" } else { "signal" }
     );
     notify_systemd("STOPPING=1");
     app.stopping.store(true, Ordering::SeqCst);
-    for worker in workers {
-        if !join_by(worker, deadline) {
-            log::warn!("a worker did not finish its request before the shutdown timeout");
-        }
+    if !http.answering.finish_by(deadline) {
+        log::warn!("requests were still running at the shutdown timeout");
     }
-    // Requests still queued were never started: tell their clients to come back.
-    while let Ok(Some(request)) = server.recv_timeout(Duration::from_millis(20)) {
-        let resp = Error::Unavailable("The server is shutting down".into())
-            .into_resp(routes::dialect_of(request.url()));
-        let mut response = tiny_http::Response::from_data(resp.body).with_status_code(resp.status);
-        for (name, value) in [
-            ("Content-Type", resp.content_type.to_string()),
-            ("Retry-After", "1".into()),
-            ("Connection", "close".into()),
-        ] {
-            if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                response.add_header(h);
-            }
-        }
-        let _ = request.respond(response);
-        if Instant::now() > deadline {
-            break;
-        }
-    }
-    drop(server);
+    drop(http);
     reaper.stop(deadline);
     backups.stop();
     let left = deadline
@@ -326,7 +291,7 @@ pub fn serve(cfg: Config) -> Result<i32> {
     app.writer.shutdown(left);
     app.access_log.finish();
     log::info!("stopped");
-    Ok(if failed { 1 } else { 0 })
+    Ok(if fatal { 1 } else { 0 })
 }
 
 /// Waits for `thread` to end until `deadline`; false (and the thread left running) when it did not.
@@ -361,42 +326,198 @@ fn listener_alive(mut addr: std::net::SocketAddr) -> bool {
     }
 }
 
-/// Spare workers per worker: they serve while workers wait for a group commit.
-const SPARE_WORKERS: usize = 3;
+/// The HTTP server and what answers its requests. Dropping it closes the listener.
+pub struct Http {
+    pub server: tiny_http::Server,
+    answering: Arc<Answering>,
+}
 
-/// A spare worker that has had no turn for this long closes its read connection (it opens one
-/// again when it next gets a turn): after a burst of changes only the workers keep one.
+impl Http {
+    /// Serves `listener` with sessiond's limits. Each request is answered on its connection's own
+    /// thread (see [`Answering`]); the first `threads` read connections are opened here, so a
+    /// database that cannot be read fails the start, not the first requests.
+    pub fn start(app: &Arc<App>, listener: TcpListener, open_files: u64) -> Result<Http> {
+        let answering = Arc::new(Answering {
+            turns: Turns::new(app.cfg.threads),
+            readers: Readers::open(&app.cfg.db, app.cfg.threads)?,
+            running: AtomicUsize::new(0),
+            threads: AtomicUsize::new(0),
+        });
+        let handler = {
+            let (app, answering) = (app.clone(), answering.clone());
+            Arc::new(move |request| answer(&answering, &app, request))
+        };
+        let server = tiny_http::Server::from_listener_with_handler(
+            listener,
+            None,
+            http_limits(&app.cfg, open_files),
+            handler,
+        )
+        .map_err(|e| Error::Internal(format!("cannot start the HTTP server: {e}")))?;
+        Ok(Http { server, answering })
+    }
+}
+
+/// The stack of each connection's thread, which answers the connection's requests. Handlers,
+/// SQLite and serde_json run on it; 256 KiB, tiny_http's size for threads that only parse
+/// requests, leaves too little margin for them. Only the pages a thread touches are memory.
+const CONNECTION_STACK: usize = 1024 * 1024;
+
+/// Read connections per turn, at most: requests waiting for a commit keep theirs without a turn.
+const READERS_PER_TURN: usize = 4;
+
+/// A read connection beyond the first `threads` that has not been used for this long is closed:
+/// after a burst of changes only as many stay open as run at once.
 const IDLE_READER_CLOSES_AFTER: Duration = Duration::from_secs(1);
 
-/// The turns to run: `threads` of them, so that at most that many workers compete for the cores.
-/// A worker about to wait for a commit gives its turn to a spare (see [`work`]), so the changes
-/// that one group commit can take are not capped by the number of running workers. In the
-/// benchmark (16 workers, 64 connections creating sessions) a commit took 8.5 changes without
-/// spares and 21-32 with them: creates went from 3.2-3.6k/s to 4.3-4.5k/s, reads did not change.
-#[derive(Default)]
+/// How long a request waits for a read connection when all are in use before it is answered 503.
+const READER_WAIT: Duration = Duration::from_secs(10);
+
+/// Answers requests on the connections' own threads: tiny_http calls [`answer`] with each request
+/// it has read, and reads the connection's next request once it returns. Handing each request to
+/// a worker thread instead, as tiny_http's queue does, cost a wake-up and a context switch per
+/// request: on this 2-core VM a floor server (one primary-key lookup per request) answered 1.19
+/// times as many requests on its connection threads as through the queue.
+///
+/// At most `threads` requests run at once (the turns). A request about to wait for a group commit
+/// gives its turn away (`db::writer::on_commit_wait`), so the changes one commit can group are
+/// capped by the connections, not by the turns: in the benchmark (16 turns, 64 connections
+/// creating sessions) a commit took 8.5 changes when the waiting requests kept their turns and
+/// 21-32 when they gave them away. Each running request holds a read connection from
+/// [`Readers`], taken before the turn, so a request holding a turn never waits for a connection.
+struct Answering {
+    turns: Turns,
+    readers: Readers,
+    /// Requests between their arrival and their answer.
+    running: AtomicUsize,
+    /// Numbers the threads that answer requests (the metrics' shards).
+    threads: AtomicUsize,
+}
+
+impl Answering {
+    /// Waits until no request is running, or until `deadline`; false when some still are.
+    fn finish_by(&self, deadline: Instant) -> bool {
+        while self.running.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+}
+
+thread_local! {
+    /// This thread's number among those that answer requests, once it has answered one.
+    static THREAD: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    /// Whether this thread holds a turn to run.
+    static HOLDS_TURN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Answers one request on the calling (connection) thread; false when the connection must close.
+fn answer(answering: &Arc<Answering>, app: &App, request: tiny_http::Request) -> bool {
+    let thread = THREAD.get().unwrap_or_else(|| {
+        let turns = answering.clone();
+        db::writer::on_commit_wait(move || {
+            if HOLDS_TURN.replace(false) {
+                turns.turns.give();
+            }
+        });
+        let n = answering.threads.fetch_add(1, Ordering::Relaxed);
+        THREAD.set(Some(n));
+        n
+    });
+    // Counted before `stopping` is read (both SeqCst): shutdown sets `stopping` and then waits
+    // for the count, so either it waits for this request or this request sees `stopping`.
+    answering.running.fetch_add(1, Ordering::SeqCst);
+    let mut running = Running {
+        answering,
+        reader: None,
+    };
+    if app.stopping.load(Ordering::SeqCst) {
+        unavailable(request, "The server is shutting down", true);
+        return false;
+    }
+    let reader = match answering.readers.take() {
+        Some(reader) => running.reader.insert(reader),
+        None => {
+            unavailable(request, "The server is busy; try again", false);
+            return true;
+        }
+    };
+    answering.turns.take();
+    HOLDS_TURN.set(true);
+    let prepared = prepare(thread, app, reader, request);
+    running.release();
+    prepared.send(app);
+    true
+}
+
+/// A request being answered: gives back its turn (if it still holds one) and its read connection
+/// once its response is ready, or when it ends however it ends, and is counted until then.
+struct Running<'a> {
+    answering: &'a Answering,
+    reader: Option<Reader>,
+}
+
+impl Running<'_> {
+    /// Gives back the turn (if this thread still holds one) and the read connection.
+    fn release(&mut self) {
+        if HOLDS_TURN.replace(false) {
+            self.answering.turns.give();
+        }
+        if let Some(reader) = self.reader.take() {
+            self.answering.readers.give(reader);
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.release();
+        self.answering.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answers 503 with `Retry-After` in the dialect of the request's path, without routing it.
+fn unavailable(request: tiny_http::Request, message: &str, close: bool) {
+    let resp = Error::Unavailable(message.into()).into_resp(routes::dialect_of(request.url()));
+    let mut response = tiny_http::Response::from_data(resp.body).with_status_code(resp.status);
+    let mut headers = vec![("Content-Type", resp.content_type), ("Retry-After", "1")];
+    if close {
+        headers.push(("Connection", "close"));
+    }
+    for (name, value) in headers {
+        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(h);
+        }
+    }
+    let _ = request.respond(response);
+}
+
+/// The turns to run: at most this many requests run at once, so they do not all compete for the
+/// cores (see [`Answering`]).
 struct Turns {
     free: std::sync::Mutex<usize>,
     freed: std::sync::Condvar,
 }
 
 impl Turns {
-    /// Takes a turn, waiting at most `timeout` for one.
-    fn take(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+    fn new(turns: usize) -> Turns {
+        Turns {
+            free: std::sync::Mutex::new(turns),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Takes a turn, waiting for one. Turns always come back: a holder never waits for anything
+    /// but the writer, and gives its turn before it does.
+    fn take(&self) {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         while *free == 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            free = self
-                .freed
-                .wait_timeout(free, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
         }
         *free -= 1;
-        true
     }
 
     fn give(&self) {
@@ -405,90 +526,117 @@ impl Turns {
     }
 }
 
-thread_local! {
-    /// Whether this worker holds a turn to run.
-    static HOLDS_TURN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// The read connections of the requests that run: the most recently used one is handed out
+/// first (its pages are warm), at most `max` are open, and those beyond the first `threads` close
+/// once idle for [`IDLE_READER_CLOSES_AFTER`].
+struct Readers {
+    db: std::path::PathBuf,
+    max: usize,
+    pool: std::sync::Mutex<ReaderPool>,
+    given_back: std::sync::Condvar,
 }
 
-/// A worker's loop. A worker (started with its read connection) starts holding a turn; a spare
-/// waits for one and opens a connection when it gets one, and closes it again once it has had no
-/// turn for [`IDLE_READER_CLOSES_AFTER`]. Waiting for a commit gives the turn away; the worker
-/// finishes that request without one and takes a turn again before the next.
-fn work(
-    worker: usize,
-    app: &App,
-    server: &tiny_http::Server,
-    mut reader: Option<Reader>,
-    turns: &Arc<Turns>,
-    fatal: &AtomicBool,
-) {
-    let spare = reader.is_none();
-    HOLDS_TURN.set(!spare);
-    {
-        let turns = turns.clone();
-        db::writer::on_commit_wait(move || {
-            if HOLDS_TURN.replace(false) {
-                turns.give();
-            }
-        });
+struct ReaderPool {
+    /// Idle connections with the time each was given back, the least recently used first.
+    idle: Vec<(Reader, Instant)>,
+    /// Open connections, idle or not.
+    open: usize,
+    /// When the last attempt to open one failed, until one opens again: no other attempt is made
+    /// for a second, and the failure is logged once.
+    open_failed: Option<Instant>,
+}
+
+impl Readers {
+    /// Opens `threads` connections to `db`; up to `READERS_PER_TURN` times as many may open later.
+    fn open(db: &std::path::Path, threads: usize) -> Result<Readers> {
+        let idle = (0..threads)
+            .map(|_| Ok((Reader::open(db)?, Instant::now())))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Readers {
+            db: db.to_path_buf(),
+            max: threads * READERS_PER_TURN,
+            pool: std::sync::Mutex::new(ReaderPool {
+                open: idle.len(),
+                idle,
+                open_failed: None,
+            }),
+            given_back: std::sync::Condvar::new(),
+        })
     }
-    let mut waiting_since: Option<Instant> = None;
-    let mut open_failed = false;
-    while !app.stopping.load(Ordering::SeqCst) {
-        if !HOLDS_TURN.get() {
-            if !turns.take(Duration::from_millis(100)) {
-                // Without a turn for a while: the burst of changes is over, and a spare's read
-                // connection is memory kept for nothing.
-                let since = *waiting_since.get_or_insert_with(Instant::now);
-                if spare && reader.is_some() && since.elapsed() >= IDLE_READER_CLOSES_AFTER {
-                    reader = None;
-                }
-                continue;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReaderPool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle connection, a new one while fewer than `max` are open, or the next one given back
+    /// within [`READER_WAIT`]; `None` after that.
+    fn take(&self) -> Option<Reader> {
+        let deadline = Instant::now() + READER_WAIT;
+        let mut pool = self.lock();
+        loop {
+            if let Some((reader, _)) = pool.idle.pop() {
+                return Some(reader);
             }
-            waiting_since = None;
-            HOLDS_TURN.set(true);
-        }
-        if reader.is_none() {
-            match Reader::open(&app.cfg.db) {
-                Ok(r) => {
-                    reader = Some(r);
-                    open_failed = false;
-                }
-                Err(e) => {
-                    // Out of descriptors, most likely: leave the turn to a worker that has a
-                    // connection, and try again later.
-                    if !open_failed {
-                        log::warn!("spare worker {worker} cannot open the database: {e}");
-                        open_failed = true;
+            let may_open = pool
+                .open_failed
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+            if pool.open < self.max && may_open {
+                pool.open += 1;
+                drop(pool);
+                let opened = Reader::open(&self.db);
+                pool = self.lock();
+                match opened {
+                    Ok(reader) => {
+                        pool.open_failed = None;
+                        return Some(reader);
                     }
-                    HOLDS_TURN.set(false);
-                    turns.give();
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
+                    Err(e) => {
+                        // Out of descriptors, most likely: wait for a connection in use.
+                        pool.open -= 1;
+                        if pool.open_failed.replace(Instant::now()).is_none() {
+                            log::warn!("cannot open another read connection: {e}");
+                        }
+                    }
                 }
             }
-        }
-        let Some(db) = reader.as_ref() else { break };
-        match server.recv_timeout(Duration::from_millis(100)) {
-            Ok(Some(request)) => handle(worker, app, db, request),
-            Ok(None) => {}
-            Err(e) => {
-                // tiny_http's accept loop has ended; this process would never accept again.
-                log::error!(
-                    "accepting connections failed: {e}; exiting so the supervisor can restart sessiond"
-                );
-                fatal.store(true, Ordering::SeqCst);
-                break;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
             }
+            pool = self
+                .given_back
+                .wait_timeout(pool, left.min(Duration::from_secs(1)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
-    if HOLDS_TURN.replace(false) {
-        turns.give();
+
+    fn give(&self, reader: Reader) {
+        self.lock().idle.push((reader, Instant::now()));
+        self.given_back.notify_one();
+    }
+
+    /// Closes the connections beyond `keep` that have been idle for [`IDLE_READER_CLOSES_AFTER`].
+    fn close_idle(&self, keep: usize) {
+        let closing: Vec<(Reader, Instant)> = {
+            let mut pool = self.lock();
+            let stale = pool
+                .idle
+                .iter()
+                .take_while(|(_, since)| since.elapsed() >= IDLE_READER_CLOSES_AFTER)
+                .count()
+                .min(pool.open.saturating_sub(keep));
+            pool.open -= stale;
+            pool.idle.drain(..stale).collect()
+        };
+        drop(closing);
     }
 }
 
-/// Answers one request from tiny_http and writes the access log line.
-pub fn handle(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Request) {
+/// Routes one request from tiny_http and builds its response on `db`, without sending it: the
+/// caller gives its turn and read connection back first, so a client slow to read its response
+/// holds nothing but its own connection's thread.
+fn prepare(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Request) -> Prepared {
     let started = Instant::now();
     let request_id = request_id(app, &request);
     let method = request.method().as_str().to_ascii_uppercase();
@@ -534,16 +682,57 @@ pub fn handle(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Req
             response.add_header(h);
         }
     }
-    if let Err(e) = request.respond(response) {
-        log::debug!("could not write the response [{request_id}]: {e}");
+    Prepared {
+        request,
+        response,
+        started,
+        request_id,
+        client_ip,
+        method,
+        route,
+        status,
+        bytes,
     }
-    let ip = client_ip
-        .map(|i| i.to_string())
-        .unwrap_or_else(|| "-".into());
-    app.access_log.record(format_args!(
-        "{request_id} {ip} {method} {route} {status} {bytes} {:.1}ms",
-        started.elapsed().as_secs_f64() * 1000.0
-    ));
+}
+
+/// A request with its response ready to be written.
+struct Prepared {
+    request: tiny_http::Request,
+    response: tiny_http::Response<std::io::Cursor<Vec<u8>>>,
+    started: Instant,
+    request_id: String,
+    client_ip: Option<IpAddr>,
+    method: String,
+    route: &'static str,
+    status: u16,
+    bytes: usize,
+}
+
+impl Prepared {
+    /// Writes the response and the access log line.
+    fn send(self, app: &App) {
+        let Prepared {
+            request,
+            response,
+            started,
+            request_id,
+            client_ip,
+            method,
+            route,
+            status,
+            bytes,
+        } = self;
+        if let Err(e) = request.respond(response) {
+            log::debug!("could not write the response [{request_id}]: {e}");
+        }
+        let ip = client_ip
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "-".into());
+        app.access_log.record(format_args!(
+            "{request_id} {ip} {method} {route} {status} {bytes} {:.1}ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        ));
+    }
 }
 
 /// A request off the wire, before routing: what [`respond`] needs, and nothing of tiny_http.
@@ -770,7 +959,7 @@ fn raise_file_limit() -> u64 {
 pub fn http_limits(cfg: &Config, open_files: u64) -> tiny_http::Limits {
     // Each connection holds two descriptors; keep room for the database (three per reader), logs
     // and backups.
-    let reserve = 64 + 3 * (cfg.threads * (1 + SPARE_WORKERS)) as u64;
+    let reserve = 64 + 3 * (cfg.threads * READERS_PER_TURN) as u64;
     let fit = (open_files.saturating_sub(reserve) / 2).max(1) as usize;
     if cfg.max_connections > fit {
         log::warn!(
@@ -788,6 +977,7 @@ pub fn http_limits(cfg: &Config, open_files: u64) -> tiny_http::Limits {
         max_body: cfg.max_body,
         max_connections: cfg.max_connections.min(fit),
         error_body: Some(edge_error),
+        connection_stack: CONNECTION_STACK,
     }
 }
 

@@ -1,8 +1,8 @@
 //! The store: the only module that touches rusqlite.
 //!
 //! [`open`] is the one place a connection is configured. The writer thread ([`writer`]) owns the single
-//! read-write connection and group-commits; every worker thread owns a [`Reader`] on its own read-only
-//! connection. Query functions live next to their SQL in one file per concern.
+//! read-write connection and group-commits; every request being answered holds a [`Reader`], a
+//! read-only connection of its own. Query functions live next to their SQL in one file per concern.
 
 pub mod accounts;
 pub mod audit;
@@ -120,7 +120,7 @@ pub fn open(path: &Path, access: Access, synchronous_full: bool) -> Result<Conne
     Ok(conn)
 }
 
-/// A worker's read-only view of the store.
+/// A read-only view of the store: one per request being answered (pooled), and the reaper's.
 pub struct Reader {
     conn: Connection,
 }

@@ -32,8 +32,8 @@ thread_local! {
 }
 
 /// Sets what the calling thread does each time it is about to wait for a commit in
-/// [`Writer::exec`]. The HTTP workers give their turn to run to a spare worker there, so the
-/// number of changes waiting for one group commit is not capped by the number of running workers.
+/// [`Writer::exec`]. A thread answering an HTTP request gives its turn to run away there, so the
+/// number of changes waiting for one group commit is not capped by the number of turns.
 pub fn on_commit_wait(hook: impl Fn() + 'static) {
     ON_COMMIT_WAIT.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
 }

@@ -325,10 +325,11 @@ fn running_out_of_descriptors_backs_off_and_serves_again_never_deaf() {
 }
 
 #[test]
-fn spares_without_descriptors_leave_the_work_to_the_workers() {
-    // A worker waiting for a commit gives its turn to a spare worker, which opens its read
-    // connection then. With no descriptor left for that connection, the spare must hand the turn
-    // back: with one worker, a spare that kept it would leave nobody to serve.
+fn requests_without_a_descriptor_for_a_read_connection_wait_for_one() {
+    // A request waiting for a commit keeps its read connection and gives its turn away; the next
+    // request then opens another read connection. With no descriptor left for it, that request
+    // must wait for a connection in use (and never hold the only turn while it waits): with one
+    // turn and one connection open, every create must still succeed.
     let server = Server::start_with(
         Opts::default()
             .arg("--threads", "1")
@@ -365,8 +366,10 @@ fn spares_without_descriptors_leave_the_work_to_the_workers() {
         t.join().unwrap();
     }
     assert!(
-        server.log_text().contains("cannot open the database"),
-        "no spare ran out of descriptors; the test did not test anything:\n{}",
+        server
+            .log_text()
+            .contains("cannot open another read connection"),
+        "no request ran out of descriptors; the test did not test anything:\n{}",
         server.log_text()
     );
     set_nofile(server.pid(), 4096);

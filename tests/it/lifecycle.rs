@@ -119,6 +119,89 @@ fn sigterm_exits_zero_with_an_empty_wal_and_a_restart_keeps_every_session() {
 }
 
 #[test]
+fn sigterm_under_load_answers_each_request_201_or_503_and_keeps_every_acknowledged_create() {
+    // Requests are answered on their connections' own threads. From SIGTERM on, a request that
+    // arrives on a kept-alive connection is answered 503 with `Retry-After` and the connection
+    // closes; one already running finishes, and its 201 is on disk.
+    let dir = Arc::new(TempDir::new());
+    let server = Server::start_in(
+        dir.clone(),
+        Opts::default()
+            .arg("--threads", "2")
+            .arg("--anonymous-share-rate", "0"),
+    );
+    let addr = server.addr.clone();
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut created = Vec::new();
+                let mut refused = 0;
+                let request = b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+                'connections: while let Ok(stream) = std::net::TcpStream::connect(&addr) {
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(20)))
+                        .unwrap();
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = std::io::BufReader::new(stream);
+                    loop {
+                        use std::io::Write;
+                        if writer.write_all(request).is_err() {
+                            continue 'connections;
+                        }
+                        let Some(r) = try_read_response(&mut reader) else {
+                            continue 'connections;
+                        };
+                        match r.status {
+                            201 => created.push(r.json()["sessionId"].as_str().unwrap().to_string()),
+                            503 => {
+                                assert_eq!(r.header("retry-after"), Some("1"), "{}", r.text());
+                                assert!(r.json()["error"].is_string(), "{}", r.text());
+                                assert_eq!(r.header("connection"), Some("close"));
+                                refused += 1;
+                                if refused > 1000 {
+                                    break 'connections;
+                                }
+                                continue 'connections;
+                            }
+                            other => panic!("{other} during shutdown: {}", r.text()),
+                        }
+                    }
+                }
+                (created, refused)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+    let mut created = Vec::new();
+    let mut refused = 0;
+    for client in clients {
+        let (c, r) = client.join().unwrap();
+        created.extend(c);
+        refused += r;
+    }
+    assert!(
+        created.len() > 20,
+        "the load did not run: {}",
+        created.len()
+    );
+    assert!(
+        refused > 0,
+        "no request arrived during the shutdown; the 503 path went untested"
+    );
+    let db = dir.path().join("sessiond.db");
+    let stored: std::collections::HashSet<String> = query(&db, "SELECT uid FROM sessions")
+        .into_iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect();
+    let lost: Vec<_> = created.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(lost.is_empty(), "acknowledged and lost: {lost:?}");
+    assert!(wal_is_empty(&db));
+}
+
+#[test]
 fn the_reaper_expires_sessions_and_scoped_tokens() {
     let server = Server::start_with(Opts::default().arg("--reap-interval", "100ms"));
     let s = create_share(&server, &json!({ "expiresIn": "5m" }));

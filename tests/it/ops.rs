@@ -448,10 +448,10 @@ fn the_environment_file_and_the_readme_document_every_setting() {
     }
 }
 
-/// A worker about to wait for a commit gives its turn to run to a spare worker, so one group commit
-/// takes more changes than there are running workers (two here), and the changes are all kept.
+/// A request about to wait for a commit gives its turn to run away, so one group commit takes more
+/// changes than there are turns (two here), and the changes are all kept.
 #[test]
-fn a_group_commit_is_not_capped_by_the_running_workers() {
+fn a_group_commit_is_not_capped_by_the_turns() {
     let server = Server::start_with(
         Opts::default()
             .arg("--threads", "2")
@@ -479,7 +479,7 @@ fn a_group_commit_is_not_capped_by_the_running_workers() {
     let largest = metric(&text, "sessiond_writer_batch_size_max").unwrap();
     assert!(
         largest > 3.0,
-        "the largest group commit took {largest} changes with 2 running workers"
+        "the largest group commit took {largest} changes with 2 turns"
     );
     let stored = server.query("SELECT count(*) FROM shares")[0][0]
         .as_i64()

@@ -197,24 +197,15 @@ pub fn dispatch(routes: &[Route], data: &[u8]) {
 
 static HTTP: OnceLock<SocketAddr> = OnceLock::new();
 
-/// A real tiny_http listener with sessiond's limits, served by two workers over the world's `App`.
+/// A real tiny_http listener with sessiond's limits, answered as `serve` answers (on each
+/// connection's thread) over the world's `App`.
 pub fn http_addr() -> SocketAddr {
     *HTTP.get_or_init(|| {
         let app = with_world(|w| w.app.clone());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let limits = server::http_limits(&app.cfg, 4096);
-        let http =
-            Arc::new(tiny_http::Server::from_listener_with_limits(listener, None, limits).unwrap());
-        for worker in 0..2 {
-            let (http, app) = (http.clone(), app.clone());
-            std::thread::spawn(move || {
-                let reader = Reader::open(&app.cfg.db).unwrap();
-                for rq in http.incoming_requests() {
-                    server::handle(worker, &app, &reader, rq);
-                }
-            });
-        }
+        // Kept for the life of the process: dropping it would close the listener.
+        Box::leak(Box::new(server::Http::start(&app, listener, 4096).unwrap()));
         addr
     })
 }

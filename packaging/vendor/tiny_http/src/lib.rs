@@ -173,6 +173,9 @@ pub struct Limits {
     /// The content type and body of the errors the connection answers itself (400, 408, 413, 414,
     /// 417, 431, 503), given the status and, when known, the request's path; `None`: empty.
     pub error_body: Option<fn(u16, Option<&str>) -> (&'static str, Vec<u8>)>,
+    /// The stack of each connection's thread, in bytes. Connection threads that only parse
+    /// requests need little; a thread that also runs a handler needs what the handler needs.
+    pub connection_stack: usize,
 }
 
 impl Default for Limits {
@@ -186,6 +189,7 @@ impl Default for Limits {
             max_body: 1 << 20,
             max_connections: 10_000,
             error_body: None,
+            connection_stack: 256 * 1024,
         }
     }
 }
@@ -300,9 +304,36 @@ impl Server {
         ssl_config: Option<SslConfig>,
         limits: Limits,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Server::start(listener.into(), ssl_config, limits, None)
+    }
+
+    /// sessiond patch: a server whose connection threads answer their own requests. Each
+    /// connection's thread calls `handler` with every request it reads, in order, and reads the
+    /// next one only when `handler` has returned (it must respond before it returns). The
+    /// connection closes when `handler` returns false (its response should then carry
+    /// `Connection: close`).
+    /// [`Server::recv`] then hands out no requests, only an error that ended the accept loop.
+    ///
+    /// Handing a request to another thread, as the other constructors do, costs a wake-up and a
+    /// context switch per request; on a 2-core VM the handler-per-connection server answered a
+    /// primary-key lookup per request 1.19 times as fast as the queue.
+    pub fn from_listener_with_handler<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+        handler: Arc<dyn Fn(Request) -> bool + Send + Sync>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Server::start(listener.into(), ssl_config, limits, Some(handler))
+    }
+
+    fn start(
+        listener: Listener,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+        handler: Option<Arc<dyn Fn(Request) -> bool + Send + Sync>>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let limits = Arc::new(limits);
         let open_connections = Arc::new(AtomicUsize::new(0));
-        let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -347,7 +378,7 @@ impl Server {
         let inside_open = open_connections.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
+            let tasks_pool = util::TaskPool::new(limits.connection_stack);
             let mut backoff = AcceptBackoff::default();
 
             log::debug!("Running accept thread");
@@ -417,11 +448,19 @@ impl Server {
                         let messages = inside_messages.clone();
                         let open = OpenConnection::new(&inside_open);
                         let mut client = Some(client);
+                        let handler = handler.clone();
                         tasks_pool.spawn(Box::new(move || {
                             let _open = &open;
                             if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
+                                if let Some(handler) = &handler {
+                                    // sessiond patch: answered on this thread, one at a time.
+                                    for rq in client {
+                                        if !handler(rq) {
+                                            break;
+                                        }
+                                    }
+                                } else if client.secure() {
+                                    // Synchronization is needed for HTTPS requests to avoid a deadlock
                                     let (sender, receiver) = mpsc::channel();
                                     for rq in client {
                                         messages.push(rq.with_notify_sender(sender.clone()).into());

@@ -254,6 +254,14 @@ where
     {
         let header = header.into();
 
+        // sessiond patch: `Connection: close` is kept, for a server that closes the connection
+        // after this response (see `Server::from_listener_with_handler`).
+        if header.field.equiv("Connection") && header.value.as_str().eq_ignore_ascii_case("close")
+        {
+            self.headers.push(header);
+            return;
+        }
+
         // ignoring forbidden headers
         if header.field.equiv("Connection")
             || header.field.equiv("Trailer")

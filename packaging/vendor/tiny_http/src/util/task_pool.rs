@@ -10,6 +10,8 @@ use std::time::Duration;
 /// Any idle thread will automatically die after a few seconds.
 pub struct TaskPool {
     sharing: Arc<Sharing>,
+    /// sessiond patch: each thread's stack size, in bytes.
+    stack: usize,
 }
 
 struct Sharing {
@@ -47,8 +49,9 @@ impl<'a> Drop for Registration<'a> {
 }
 
 impl TaskPool {
-    pub fn new() -> TaskPool {
+    pub fn new(stack: usize) -> TaskPool {
         let pool = TaskPool {
+            stack,
             sharing: Arc::new(Sharing {
                 todo: Mutex::new(VecDeque::new()),
                 condvar: Condvar::new(),
@@ -86,11 +89,11 @@ impl TaskPool {
 
         // sessiond patch: a thread that cannot be created (the process is at its thread or memory
         // limit) drops its task, and with it the connection, instead of panicking the accept
-        // thread. Connection threads only parse heads and copy small bodies, so a small stack
-        // does; it keeps thousands of idle connections cheap.
+        // thread. The stack size is the server's (`Limits::connection_stack`): threads that only
+        // parse heads and copy small bodies need little, which keeps idle connections cheap.
         let spawned = thread::Builder::new()
             .name("tiny-http-conn".into())
-            .stack_size(256 * 1024)
+            .stack_size(self.stack)
             .spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
@@ -160,7 +163,7 @@ mod tests {
     #[test]
     fn a_burst_of_long_tasks_all_start() {
         for _ in 0..50 {
-            let pool = TaskPool::new();
+            let pool = TaskPool::new(256 * 1024);
             std::thread::sleep(Duration::from_millis(20));
             let n = 32;
             let all = Arc::new(Barrier::new(n + 1));
