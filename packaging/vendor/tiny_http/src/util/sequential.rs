@@ -1,11 +1,98 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 
-use std::sync::mpsc::channel;
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use std::mem;
+
+// sessiond patch: each request used to get two `std::sync::mpsc` channels to pass the connection's
+// reader and the turn to write from one request to the next. A std channel allocates its shared
+// state and, at the first send, a block of 31 slots (about 2.5 KiB for the reader): a few
+// microseconds of allocation per request, and the large block made glibc consolidate its free
+// lists on every request. Each value here is passed exactly once, so a one-shot handoff (one small
+// allocation) does the same job.
+
+/// The receiving end of a one-shot handoff.
+struct Receiver<T>(Arc<Handoff<T>>);
+
+/// The sending end: sends at most once; dropped unsent, the receiver gets an error.
+struct Sender<T>(Arc<Handoff<T>>);
+
+struct Handoff<T> {
+    state: Mutex<State<T>>,
+    changed: Condvar,
+}
+
+enum State<T> {
+    Waiting,
+    Sent(T),
+    Taken,
+    Dropped,
+}
+
+fn channel<T>() -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Handoff {
+        state: Mutex::new(State::Waiting),
+        changed: Condvar::new(),
+    });
+    (Sender(shared.clone()), Receiver(shared))
+}
+
+/// What `recv` returns when the sender was dropped without sending.
+#[derive(Debug)]
+struct RecvError;
+
+impl<T> Sender<T> {
+    /// Hands the value over; `Err` gives it back when the receiver is gone.
+    fn send(&self, value: T) -> Result<(), T> {
+        if Arc::strong_count(&self.0) == 1 {
+            return Err(value);
+        }
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let State::Waiting = *state {
+            *state = State::Sent(value);
+            self.0.changed.notify_one();
+            Ok(())
+        } else {
+            Err(value)
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let State::Waiting = *state {
+            *state = State::Dropped;
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Waits for the value (once).
+    fn recv(&mut self) -> Result<T, RecvError> {
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match mem::replace(&mut *state, State::Taken) {
+                State::Sent(value) => return Ok(value),
+                State::Waiting => {
+                    *state = State::Waiting;
+                    state = self
+                        .0
+                        .changed
+                        .wait(state)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                State::Taken => return Err(RecvError),
+                State::Dropped => {
+                    *state = State::Dropped;
+                    return Err(RecvError);
+                }
+            }
+        }
+    }
+}
 
 pub struct SequentialReaderBuilder<R>
 where
@@ -155,7 +242,7 @@ where
             SequentialReaderInner::MyTurn(reader) => {
                 self.next.send(reader).ok();
             }
-            SequentialReaderInner::Waiting(recv) => {
+            SequentialReaderInner::Waiting(mut recv) => {
                 let reader = recv.recv().unwrap();
                 self.next.send(reader).ok();
             }
