@@ -498,14 +498,24 @@ fn unavailable(request: tiny_http::Request, message: &str, close: bool) {
 /// The turns to run: at most this many requests run at once, so they do not all compete for the
 /// cores (see [`Answering`]).
 struct Turns {
-    free: std::sync::Mutex<usize>,
+    state: std::sync::Mutex<TurnCount>,
     freed: std::sync::Condvar,
+}
+
+struct TurnCount {
+    free: usize,
+    /// Threads waiting for a turn. `Condvar::notify_one` makes a system call whether or not
+    /// anyone waits, so a turn given back while nobody waits notifies nobody.
+    waiting: usize,
 }
 
 impl Turns {
     fn new(turns: usize) -> Turns {
         Turns {
-            free: std::sync::Mutex::new(turns),
+            state: std::sync::Mutex::new(TurnCount {
+                free: turns,
+                waiting: 0,
+            }),
             freed: std::sync::Condvar::new(),
         }
     }
@@ -513,16 +523,21 @@ impl Turns {
     /// Takes a turn, waiting for one. Turns always come back: a holder never waits for anything
     /// but the writer, and gives its turn before it does.
     fn take(&self) {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while state.free == 0 {
+            state.waiting += 1;
+            state = self.freed.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.waiting -= 1;
         }
-        *free -= 1;
+        state.free -= 1;
     }
 
     fn give(&self) {
-        *self.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.freed.notify_one();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.free += 1;
+        if state.waiting > 0 {
+            self.freed.notify_one();
+        }
     }
 }
 
@@ -541,6 +556,9 @@ struct ReaderPool {
     idle: Vec<(Reader, Instant)>,
     /// Open connections, idle or not.
     open: usize,
+    /// Requests waiting for a connection to be given back (notified only when there are some,
+    /// see [`TurnCount::waiting`]).
+    waiting: usize,
     /// When the last attempt to open one failed, until one opens again: no other attempt is made
     /// for a second, and the failure is logged once.
     open_failed: Option<Instant>,
@@ -558,6 +576,7 @@ impl Readers {
             pool: std::sync::Mutex::new(ReaderPool {
                 open: idle.len(),
                 idle,
+                waiting: 0,
                 open_failed: None,
             }),
             given_back: std::sync::Condvar::new(),
@@ -603,17 +622,22 @@ impl Readers {
             if left.is_zero() {
                 return None;
             }
+            pool.waiting += 1;
             pool = self
                 .given_back
                 .wait_timeout(pool, left.min(Duration::from_secs(1)))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            pool.waiting -= 1;
         }
     }
 
     fn give(&self, reader: Reader) {
-        self.lock().idle.push((reader, Instant::now()));
-        self.given_back.notify_one();
+        let mut pool = self.lock();
+        pool.idle.push((reader, Instant::now()));
+        if pool.waiting > 0 {
+            self.given_back.notify_one();
+        }
     }
 
     /// Closes the connections beyond `keep` that have been idle for [`IDLE_READER_CLOSES_AFTER`].

@@ -19,8 +19,15 @@ struct Receiver<T>(Arc<Handoff<T>>);
 struct Sender<T>(Arc<Handoff<T>>);
 
 struct Handoff<T> {
-    state: Mutex<State<T>>,
+    state: Mutex<Slot<T>>,
     changed: Condvar,
+}
+
+struct Slot<T> {
+    state: State<T>,
+    /// Whether the receiver sleeps on `changed`. `Condvar::notify_one` makes a system call
+    /// whether or not anyone waits, and the receiver rarely has to.
+    waiting: bool,
 }
 
 enum State<T> {
@@ -32,7 +39,10 @@ enum State<T> {
 
 fn channel<T>() -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Handoff {
-        state: Mutex::new(State::Waiting),
+        state: Mutex::new(Slot {
+            state: State::Waiting,
+            waiting: false,
+        }),
         changed: Condvar::new(),
     });
     (Sender(shared.clone()), Receiver(shared))
@@ -48,10 +58,12 @@ impl<T> Sender<T> {
         if Arc::strong_count(&self.0) == 1 {
             return Err(value);
         }
-        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let State::Waiting = *state {
-            *state = State::Sent(value);
-            self.0.changed.notify_one();
+        let mut slot = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let State::Waiting = slot.state {
+            slot.state = State::Sent(value);
+            if slot.waiting {
+                self.0.changed.notify_one();
+            }
             Ok(())
         } else {
             Err(value)
@@ -61,10 +73,12 @@ impl<T> Sender<T> {
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let State::Waiting = *state {
-            *state = State::Dropped;
-            self.0.changed.notify_one();
+        let mut slot = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let State::Waiting = slot.state {
+            slot.state = State::Dropped;
+            if slot.waiting {
+                self.0.changed.notify_one();
+            }
         }
     }
 }
@@ -72,21 +86,23 @@ impl<T> Drop for Sender<T> {
 impl<T> Receiver<T> {
     /// Waits for the value (once).
     fn recv(&mut self) -> Result<T, RecvError> {
-        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            match mem::replace(&mut *state, State::Taken) {
+            match mem::replace(&mut slot.state, State::Taken) {
                 State::Sent(value) => return Ok(value),
                 State::Waiting => {
-                    *state = State::Waiting;
-                    state = self
+                    slot.state = State::Waiting;
+                    slot.waiting = true;
+                    slot = self
                         .0
                         .changed
-                        .wait(state)
+                        .wait(slot)
                         .unwrap_or_else(|e| e.into_inner());
+                    slot.waiting = false;
                 }
                 State::Taken => return Err(RecvError),
                 State::Dropped => {
-                    *state = State::Dropped;
+                    slot.state = State::Dropped;
                     return Err(RecvError);
                 }
             }
