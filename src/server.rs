@@ -735,26 +735,18 @@ struct Prepared {
 impl Prepared {
     /// Writes the response and the access log line.
     fn send(self, app: &App) {
-        let Prepared {
-            request,
-            response,
-            started,
-            request_id,
-            client_ip,
-            method,
-            route,
-            status,
-            bytes,
-        } = self;
-        if let Err(e) = request.respond(response) {
+        let request_id = &self.request_id;
+        if let Err(e) = self.request.respond(self.response) {
             log::debug!("could not write the response [{request_id}]: {e}");
         }
-        let ip = client_ip
+        let ip = self
+            .client_ip
             .map(|i| i.to_string())
             .unwrap_or_else(|| "-".into());
+        let (method, route, status, bytes) = (&self.method, self.route, self.status, self.bytes);
         app.access_log.record(format_args!(
             "{request_id} {ip} {method} {route} {status} {bytes} {:.1}ms",
-            started.elapsed().as_secs_f64() * 1000.0
+            self.started.elapsed().as_secs_f64() * 1000.0
         ));
     }
 }
