@@ -479,20 +479,29 @@ impl Drop for Running<'_> {
     }
 }
 
-/// Answers 503 with `Retry-After` in the dialect of the request's path, without routing it.
+/// Answers 503 (with the `Retry-After` every `Unavailable` carries) in the dialect of the request's
+/// path, without routing it.
 fn unavailable(request: tiny_http::Request, message: &str, close: bool) {
     let resp = Error::Unavailable(message.into()).into_resp(routes::dialect_of(request.url()));
+    let close = close.then(|| ("Connection", "close".to_string()));
+    let _ = request.respond(to_tiny_http(resp, close));
+}
+
+/// `resp` as tiny_http's response: its content type, then `extra`, then its own headers.
+fn to_tiny_http(
+    resp: Resp,
+    extra: impl IntoIterator<Item = (&'static str, String)>,
+) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
     let mut response = tiny_http::Response::from_data(resp.body).with_status_code(resp.status);
-    let mut headers = vec![("Content-Type", resp.content_type), ("Retry-After", "1")];
-    if close {
-        headers.push(("Connection", "close"));
-    }
-    for (name, value) in headers {
+    for (name, value) in std::iter::once(("Content-Type", resp.content_type.to_string()))
+        .chain(extra)
+        .chain(resp.headers)
+    {
         if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
             response.add_header(h);
         }
     }
-    let _ = request.respond(response);
+    response
 }
 
 /// The turns to run: at most this many requests run at once, so they do not all compete for the
@@ -697,15 +706,7 @@ fn prepare(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Reques
     let bytes = resp.body.len();
     app.metrics
         .observe_request(worker, route, status, started.elapsed().as_secs_f64());
-    let mut response = tiny_http::Response::from_data(resp.body).with_status_code(status);
-    for (name, value) in std::iter::once(("Content-Type", resp.content_type.to_string()))
-        .chain(std::iter::once(("X-Request-Id", request_id.clone())))
-        .chain(resp.headers)
-    {
-        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(h);
-        }
-    }
+    let response = to_tiny_http(resp, [("X-Request-Id", request_id.clone())]);
     Prepared {
         request,
         response,
