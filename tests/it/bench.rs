@@ -137,11 +137,19 @@ fn alternate(
 ) -> (Figures, f64) {
     let mut runs: Vec<(f64, Figures)> = (1..=rounds)
         .map(|round| {
-            let f = floor().rps;
+            let floor = floor();
+            let f = floor.rps;
             let p = probe();
+            let cpu = |f: &Figures| {
+                f.cost
+                    .map(|c| format!(" ({:>3.0} µs)", c.cpu_us))
+                    .unwrap_or_default()
+            };
             eprintln!(
-                "    round {round}: floor {f:>7.0}/s, probe {:>7.0}/s, ratio {:.2}",
+                "    round {round}: floor {f:>7.0}/s{}, probe {:>7.0}/s{}, ratio {:.2}",
+                cpu(&floor),
                 p.rps,
+                cpu(&p),
                 p.rps / f
             );
             (p.rps / f, p)
@@ -216,6 +224,17 @@ impl FloorServer {
             .find_map(|l| Some(l.split_once("FLOOR LISTENING ")?.1.trim().to_string()))
             .expect("the floor server did not start");
         FloorServer { addr, child }
+    }
+}
+
+impl FloorServer {
+    /// Drives the floor like a probe drives sessiond, and measures what its process spent.
+    fn drive(&self, conns: usize, secs: f64) -> Figures {
+        let pid = self.child.id() as i32;
+        let before = Spent::of(pid);
+        let mut f = drive(&self.addr, conns, secs, Arc::new(|_, _| get("/x", None)));
+        f.cost = Some(before.per_request(Spent::of(pid), (f.rps * secs).max(1.0)));
+        f
     }
 }
 
@@ -486,18 +505,12 @@ fn bench() {
     eprintln!("floors:");
     {
         let floor = FloorServer::start(Floor::Constant, threads, &db);
-        record(
-            "tiny_http, constant JSON",
-            drive(&floor.addr, conns, secs, Arc::new(|_, _| get("/x", None))),
-        );
+        record("tiny_http, constant JSON", floor.drive(conns, secs));
     }
     let seed = rand_u64();
     let nn = n;
     // The floor for the read ratios; `alternate` measures it again next to each round of a probe.
-    let pk_floor = || {
-        let floor = FloorServer::start(Floor::Lookup, threads, &db);
-        drive(&floor.addr, conns, secs, Arc::new(|_, _| get("/x", None)))
-    };
+    let pk_floor = || FloorServer::start(Floor::Lookup, threads, &db).drive(conns, secs);
     record("tiny_http + SQLite primary-key lookup", pk_floor());
     // SQLite alone committing one row per fsync. The machine's fsync rate drifts by a third within
     // minutes, so the create probe is compared with it in alternating rounds, like the reads with
