@@ -138,6 +138,18 @@ impl Metrics {
                 w.redone_batches.load(Ordering::Relaxed) as f64,
             ),
             (
+                "sessiond_writer_idle_checkpoints_total",
+                "counter",
+                "WAL checkpoints the writer ran because it had no change to commit for a second.",
+                w.idle_checkpoints.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "sessiond_writer_idle_checkpoints_complete_total",
+                "counter",
+                "Idle WAL checkpoints that copied the whole WAL into the database file.",
+                w.idle_checkpoints_complete.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "sessiond_writer_commit_seconds_total",
                 "counter",
                 "Time spent in group commits.",

@@ -487,3 +487,40 @@ fn a_group_commit_is_not_capped_by_the_turns() {
     assert_eq!(stored, created, "every acknowledged create is stored");
     eprintln!("{created} creates from 16 clients, largest group commit {largest}");
 }
+
+/// Frames in the WAL (`mxFrame` of the WAL index header) and frames already copied into the
+/// database file (`nBackfill`), read from the `-shm` file as SQLite lays it out: two copies of the
+/// 48-byte header, then the checkpoint information, all in native byte order.
+fn wal_frames(db: &std::path::Path) -> (u32, u32) {
+    let shm = std::fs::read(format!("{}-shm", db.display())).unwrap();
+    let word = |at: usize| u32::from_ne_bytes(shm[at..at + 4].try_into().unwrap());
+    (word(16), word(96))
+}
+
+#[test]
+fn an_idle_writer_copies_the_wal_into_the_database_file() {
+    let server = Server::start();
+    let share = create_share(&server, &json!({}));
+    // Without the idle checkpoint the WAL would keep these frames until 16,000 pages piled up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (frames, copied) = loop {
+        let (frames, copied) = wal_frames(&server.db);
+        if (frames > 0 && copied == frames) || Instant::now() > deadline {
+            break (frames, copied);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(frames > 0, "the create left no frame in the WAL");
+    assert_eq!(copied, frames, "the idle writer did not copy the WAL");
+    let text = server.get("/metrics").text();
+    assert!(metric(&text, "sessiond_writer_idle_checkpoints_complete_total").unwrap() >= 1.0);
+    // Reads after the checkpoint come from the database file, and writes go on.
+    server
+        .get_auth(&format!("/sessions/{}", share.id), &share.owner_token)
+        .expect(200);
+    let again = create_share(&server, &json!({}));
+    server
+        .get_auth(&format!("/sessions/{}", again.id), &again.owner_token)
+        .expect(200);
+    assert_eq!(query(&server.db, "PRAGMA integrity_check")[0][0], "ok");
+}
