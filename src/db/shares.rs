@@ -17,28 +17,44 @@ macro_rules! share_columns {
 }
 
 fn share_from_row(r: &Row) -> rusqlite::Result<Share> {
-    let auth_mode: String = r.get(5)?;
-    let block_paths: String = r.get(9)?;
-    let status: String = r.get(11)?;
+    // The text columns that only decide something are borrowed from the row, not copied.
+    let block_paths = text(r, 9)?;
     Ok(Share {
         id: r.get(0)?,
         uid: r.get(1)?,
         account_id: r.get(2)?,
         slug: r.get(3)?,
         owner_token_hash: r.get(4)?,
-        auth_mode: AuthMode::parse(&auth_mode).unwrap_or(AuthMode::None),
+        auth_mode: AuthMode::parse(text(r, 5)?).unwrap_or(AuthMode::None),
         basic_password_hash: r.get(6)?,
         policy: Policy {
             public: r.get(7)?,
             max_viewers: r.get(8)?,
-            block_paths: serde_json::from_str(&block_paths).unwrap_or_default(),
+            block_paths: if block_paths == "[]" {
+                Vec::new()
+            } else {
+                serde_json::from_str(block_paths).unwrap_or_default()
+            },
             password_hash: r.get(10)?,
         },
-        closed: status != "active",
-        ended_by_expiry: r.get::<_, Option<String>>(14)?.as_deref() == Some("expired"),
+        closed: text(r, 11)? != "active",
+        ended_by_expiry: r
+            .get_ref(14)?
+            .as_str_or_null()
+            .map_err(|e| not_text(14, e))?
+            == Some("expired"),
         created_at: r.get(12)?,
         expires_at: r.get::<_, Option<Millis>>(13)?.unwrap_or(Millis::MAX),
     })
+}
+
+/// A TEXT column of the row, borrowed.
+fn text<'r>(r: &'r Row, column: usize) -> rusqlite::Result<&'r str> {
+    r.get_ref(column)?.as_str().map_err(|e| not_text(column, e))
+}
+
+fn not_text(column: usize, e: rusqlite::types::FromSqlError) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e.into())
 }
 
 /// A viewer as stored.
