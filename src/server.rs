@@ -160,7 +160,9 @@ pub struct Resp {
 impl Resp {
     pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Resp {
         // Most bodies fit in the first allocation; growing from empty cost a few reallocations each.
-        let mut body = Vec::with_capacity(512);
+        // A share's creation answers 563 bytes and its full view 733 (with no viewers): with 512
+        // here, growing that one time was 1.6% of a create's samples.
+        let mut body = Vec::with_capacity(1024);
         if serde_json::to_writer(&mut body, value).is_err() {
             body = b"{}".to_vec();
         }
