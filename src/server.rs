@@ -514,7 +514,7 @@ fn to_tiny_http(
 /// from `Mutex::lock_contended` was 2% of a `GET /sessions/:id`). The mutex and condition variable
 /// are only for threads that find no turn free.
 struct Turns {
-    free: std::sync::atomic::AtomicIsize,
+    free: std::sync::atomic::AtomicUsize,
     /// Threads asleep (or about to sleep) waiting for a turn; counted under `sleep`.
     waiting: std::sync::atomic::AtomicUsize,
     sleep: std::sync::Mutex<()>,
@@ -524,7 +524,7 @@ struct Turns {
 impl Turns {
     fn new(turns: usize) -> Turns {
         Turns {
-            free: std::sync::atomic::AtomicIsize::new(turns as isize),
+            free: std::sync::atomic::AtomicUsize::new(turns),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             sleep: std::sync::Mutex::new(()),
             freed: std::sync::Condvar::new(),
