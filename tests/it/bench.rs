@@ -129,12 +129,15 @@ fn drive(addr: &str, conns: usize, secs: f64, make: MakeRequest) -> Figures {
 /// Runs the floor and then the probe, `rounds` times over, and returns the probe's figures and ratio
 /// from the round whose ratio is the median. This machine's speed drifts by a third within minutes,
 /// so only a floor measured right next to a probe is a fair baseline, and one pair can still be
-/// unlucky.
+/// unlucky. The rounds are printed under a line naming the probe; the probe's line that follows
+/// them shows the median round.
 fn alternate(
+    name: &str,
     rounds: usize,
     floor: &dyn Fn() -> Figures,
     probe: &dyn Fn() -> Figures,
 ) -> (Figures, f64) {
+    eprintln!("  {name}: {rounds} rounds, each the floor and then the probe");
     let mut runs: Vec<(f64, Figures)> = (1..=rounds)
         .map(|round| {
             let floor = floor();
@@ -417,6 +420,11 @@ fn pick(seed: u64, i: u64, n: u64) -> u64 {
     x % n
 }
 
+const GET_NAME: &str = "GET /sessions/:id (owner bearer)";
+const SLUG_NAME: &str = "GET /sessions/by-slug/:slug";
+const ADMIT_NAME: &str = "POST /internal/.../admit";
+const CREATE_NAME: &str = "POST /sessions";
+
 #[test]
 fn bench() {
     if std::env::var("SESSIOND_BENCH").as_deref() != Ok("1") {
@@ -616,45 +624,55 @@ fn bench() {
     };
     let s2 = seed;
     // A probe compared with the primary-key floor, in alternating rounds.
-    let against_floor = |make: MakeRequest| alternate(rounds, &pk_floor, &|| load(make.clone()));
+    let against_floor =
+        |name: &str, make: MakeRequest| alternate(name, rounds, &pk_floor, &|| load(make.clone()));
     let mut get_ratio = None;
     if want("get") {
-        let (figures, ratio) = against_floor(Arc::new(move |c, i| {
-            let k = pick(s2 ^ c as u64, i, nn);
-            get(
-                &format!("/sessions/sess_bench{k:027}"),
-                Some(&format!("benchtoken{k:022}")),
-            )
-        }));
+        let (figures, ratio) = against_floor(
+            GET_NAME,
+            Arc::new(move |c, i| {
+                let k = pick(s2 ^ c as u64, i, nn);
+                get(
+                    &format!("/sessions/sess_bench{k:027}"),
+                    Some(&format!("benchtoken{k:022}")),
+                )
+            }),
+        );
         get_ratio = Some(ratio);
-        record("GET /sessions/:id (owner bearer)", figures);
+        record(GET_NAME, figures);
     }
     if want("slug") {
         // Alternated with the floor too, though its target compares it with a fixed figure: the
         // round with the median ratio is a typical one.
-        let (figures, _) = against_floor(Arc::new(move |c, i| {
-            get(
-                &format!(
-                    "/sessions/by-slug/bench-slug-{}",
-                    pick(s2 ^ c as u64, i, nn)
-                ),
-                None,
-            )
-        }));
-        record("GET /sessions/by-slug/:slug", figures);
+        let (figures, _) = against_floor(
+            SLUG_NAME,
+            Arc::new(move |c, i| {
+                get(
+                    &format!(
+                        "/sessions/by-slug/bench-slug-{}",
+                        pick(s2 ^ c as u64, i, nn)
+                    ),
+                    None,
+                )
+            }),
+        );
+        record(SLUG_NAME, figures);
     }
     let mut admit_ratio = None;
     if want("admit") {
-        let (figures, ratio) = against_floor(Arc::new(move |c, i| {
-            let k = pick(s2 ^ c as u64, i, nn);
-            post(
-                &format!("/internal/sessions/by-slug/bench-slug-{k}/admit"),
-                Some(GATEWAY_KEY),
-                &format!(r#"{{"viewerId":"c{c}","ip":"10.0.0.1","path":"/"}}"#),
-            )
-        }));
+        let (figures, ratio) = against_floor(
+            ADMIT_NAME,
+            Arc::new(move |c, i| {
+                let k = pick(s2 ^ c as u64, i, nn);
+                post(
+                    &format!("/internal/sessions/by-slug/bench-slug-{k}/admit"),
+                    Some(GATEWAY_KEY),
+                    &format!(r#"{{"viewerId":"c{c}","ip":"10.0.0.1","path":"/"}}"#),
+                )
+            }),
+        );
         admit_ratio = Some(ratio);
-        record("POST /internal/.../admit", figures);
+        record(ADMIT_NAME, figures);
     }
     if want("launch") {
         let t2 = token.clone();
@@ -686,10 +704,10 @@ fn bench() {
     let mut create_ratio = None;
     if want("create") {
         let before = server.get("/metrics").text();
-        let (figures, ratio) = alternate(rounds, &fsync_floor, &|| {
+        let (figures, ratio) = alternate(CREATE_NAME, rounds, &fsync_floor, &|| {
             load(Arc::new(|_, _| post("/sessions", None, "{}")))
         });
-        record("POST /sessions", figures);
+        record(CREATE_NAME, figures);
         create_ratio = Some(ratio);
         let after = server.get("/metrics").text();
         let commits = writer(&after, "sessiond_writer_commits_total")
