@@ -514,9 +514,9 @@ fn to_tiny_http(
 /// from `Mutex::lock_contended` was 2% of a `GET /sessions/:id`). The mutex and condition variable
 /// are only for threads that find no turn free.
 struct Turns {
-    free: std::sync::atomic::AtomicUsize,
+    free: AtomicUsize,
     /// Threads asleep (or about to sleep) waiting for a turn; counted under `sleep`.
-    waiting: std::sync::atomic::AtomicUsize,
+    waiting: AtomicUsize,
     sleep: std::sync::Mutex<()>,
     freed: std::sync::Condvar,
 }
@@ -524,8 +524,8 @@ struct Turns {
 impl Turns {
     fn new(turns: usize) -> Turns {
         Turns {
-            free: std::sync::atomic::AtomicUsize::new(turns),
-            waiting: std::sync::atomic::AtomicUsize::new(0),
+            free: AtomicUsize::new(turns),
+            waiting: AtomicUsize::new(0),
             sleep: std::sync::Mutex::new(()),
             freed: std::sync::Condvar::new(),
         }
@@ -589,8 +589,8 @@ struct ReaderPool {
     idle: Vec<(Reader, Instant)>,
     /// Open connections, idle or not.
     open: usize,
-    /// Requests waiting for a connection to be given back (notified only when there are some,
-    /// see [`Turns::waiting`]).
+    /// Requests waiting for a connection to be given back. A connection given back notifies only
+    /// when there are some: `Condvar::notify_one` makes a system call whether or not anyone waits.
     waiting: usize,
     /// When the last attempt to open one failed, until one opens again: no other attempt is made
     /// for a second, and the failure is logged once.
@@ -1071,8 +1071,8 @@ mod tests {
     #[test]
     fn turns_bound_the_holders_and_wake_every_waiter() {
         let turns = Arc::new(Turns::new(3));
-        let holding = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let holding = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..16)
             .map(|_| {
                 let (turns, holding, most) = (turns.clone(), holding.clone(), most.clone());

@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use rusqlite::Connection;
 
 use super::Tx;
@@ -276,21 +276,18 @@ fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats) {
     loop {
         let mut shutdown = None;
         let first = if wal_has_frames {
-            match inbox.recv_timeout(IDLE_CHECKPOINT_AFTER) {
-                Ok(msg) => Ok(msg),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    wal_has_frames = !idle_checkpoint(&conn, stats);
-                    continue;
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(()),
-            }
+            inbox.recv_timeout(IDLE_CHECKPOINT_AFTER)
         } else {
-            inbox.recv().map_err(drop)
+            inbox.recv().map_err(|_| RecvTimeoutError::Disconnected)
         };
         match first {
             Ok(Msg::Job(job)) => batch.push(job),
             Ok(Msg::Shutdown(ack)) => shutdown = Some(ack),
-            Err(()) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                wal_has_frames = !idle_checkpoint(&conn, stats);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
         }
         while shutdown.is_none() && batch.len() < MAX_BATCH {
             match inbox.try_recv() {

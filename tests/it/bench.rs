@@ -228,9 +228,7 @@ impl FloorServer {
             .expect("the floor server did not start");
         FloorServer { addr, child }
     }
-}
 
-impl FloorServer {
     /// Drives the floor like a probe drives sessiond, and measures what its process spent.
     fn drive(&self, conns: usize, secs: f64) -> Figures {
         let pid = self.child.id() as i32;
