@@ -75,6 +75,11 @@ pub fn open(path: &Path, access: Access, synchronous_full: bool) -> Result<Conne
         Access::ReadWrite if synchronous_full && vfs::registered() => {
             Connection::open_with_flags_and_vfs(path, flags, vfs::WRITER_VFS_NAME)
         }
+        // Through the plain VFS of ours, whose checkpoints take back the read locks our readers
+        // keep (the default VFS would count them as readers).
+        Access::ReadWrite if vfs::registered() => {
+            Connection::open_with_flags_and_vfs(path, flags, vfs::PLAIN_VFS_NAME)
+        }
         Access::ReadWrite => Connection::open_with_flags(path, flags),
         Access::ReadOnly => {
             vfs::register();
