@@ -102,6 +102,15 @@ const AUDIT_LISTING: &str =
  ORDER BY created_at DESC, id DESC LIMIT ?11";
 
 impl Reader {
+    /// Whether any audit row is older than `cutoff` (so the reaper sends the writer no empty job).
+    pub fn any_audit_before(&self, cutoff: Millis) -> Result<bool> {
+        let sql = "SELECT EXISTS (SELECT 1 FROM audit WHERE created_at < ?1)";
+        Ok(self
+            .conn
+            .prepare_cached(sql)?
+            .query_row([cutoff], |r| r.get(0))?)
+    }
+
     pub fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
         let rows = self
             .conn

@@ -81,7 +81,27 @@ pub struct ShareRef {
     pub account_id: i64,
 }
 
+/// The condition of a scoped token the reaper deletes (`?1` is now).
+macro_rules! expired_token {
+    () => {
+        "expires_at <= ?1"
+    };
+}
+
 impl Reader {
+    /// Whether any scoped token is due for deletion (so the reaper sends the writer no empty job).
+    pub fn any_expired_token(&self, now: Millis) -> Result<bool> {
+        let sql = concat!(
+            "SELECT EXISTS (SELECT 1 FROM share_tokens WHERE ",
+            expired_token!(),
+            ")"
+        );
+        Ok(self
+            .conn
+            .prepare_cached(sql)?
+            .query_row([now], |r| r.get(0))?)
+    }
+
     pub fn share_by_uid(&self, uid: &str) -> Result<Option<Share>> {
         let sql = concat!(
             "SELECT ",
@@ -418,9 +438,11 @@ pub fn delete_viewers(tx: &Tx, session_id: i64, viewer_ids: &[String]) -> Result
 pub fn delete_expired_tokens(tx: &Tx, now: Millis, limit: usize) -> Result<usize> {
     let n = tx
         .conn
-        .prepare_cached(
-            "DELETE FROM share_tokens WHERE id IN (SELECT id FROM share_tokens WHERE expires_at <= ?1 LIMIT ?2)",
-        )?
+        .prepare_cached(concat!(
+            "DELETE FROM share_tokens WHERE id IN (SELECT id FROM share_tokens WHERE ",
+            expired_token!(),
+            " LIMIT ?2)"
+        ))?
         .execute(params![now, limit as i64])?;
     Ok(n)
 }

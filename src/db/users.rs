@@ -48,7 +48,27 @@ pub struct Membership {
     pub role: Role,
 }
 
+/// The condition of a login token the reaper deletes (`?1` is now).
+macro_rules! dead_login_token {
+    () => {
+        "kind = 'login' AND (expires_at <= ?1 OR idle_expires_at <= ?1 OR revoked_at IS NOT NULL)"
+    };
+}
+
 impl Reader {
+    /// Whether any login token is due for deletion (so the reaper sends the writer no empty job).
+    pub fn any_dead_login_token(&self, now: Millis) -> Result<bool> {
+        let sql = concat!(
+            "SELECT EXISTS (SELECT 1 FROM credentials WHERE ",
+            dead_login_token!(),
+            ")"
+        );
+        Ok(self
+            .conn
+            .prepare_cached(sql)?
+            .query_row([now], |r| r.get(0))?)
+    }
+
     pub fn user_by_email(&self, email: &str) -> Result<Option<User>> {
         let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email = ?1");
         Ok(self
@@ -243,11 +263,11 @@ pub fn revoke_credential(tx: &Tx, credential_id: i64, now: Millis) -> Result<()>
 pub fn delete_dead_login_tokens(tx: &Tx, now: Millis, limit: usize) -> Result<usize> {
     let n = tx
         .conn
-        .prepare_cached(
-            "DELETE FROM credentials WHERE id IN (
-                SELECT id FROM credentials WHERE kind = 'login'
-                  AND (expires_at <= ?1 OR idle_expires_at <= ?1 OR revoked_at IS NOT NULL) LIMIT ?2)",
-        )?
+        .prepare_cached(concat!(
+            "DELETE FROM credentials WHERE id IN (SELECT id FROM credentials WHERE ",
+            dead_login_token!(),
+            " LIMIT ?2)"
+        ))?
         .execute(params![now, limit as i64])?;
     Ok(n)
 }

@@ -259,6 +259,31 @@ fn the_reaper_expires_sessions_and_scoped_tokens() {
 }
 
 #[test]
+fn the_reaper_prunes_audit_rows_past_their_retention() {
+    let server = Server::start_with(
+        Opts::default()
+            .arg("--reap-interval", "100ms")
+            .arg("--audit-retention", "1d"),
+    );
+    let old = create_share(&server, &json!({}));
+    let new = create_share(&server, &json!({}));
+    let created = |uid: &str| {
+        server.query(&format!(
+            "SELECT count(*) FROM audit WHERE action = 'session.created' AND resource_id = '{uid}'"
+        ))[0][0]
+            .clone()
+    };
+    assert_eq!((created(&old.id), created(&new.id)), (json!(1), json!(1)));
+    // Time passes for one row: two days.
+    server.exec_sql(&format!(
+        "UPDATE audit SET created_at = created_at - 172800000 WHERE resource_id = '{}'",
+        old.id
+    ));
+    assert!(eventually(Duration::from_secs(5), || created(&old.id) == 0));
+    assert_eq!(created(&new.id), 1);
+}
+
+#[test]
 fn the_reaper_works_off_a_large_expiry_backlog_in_bounded_batches() {
     let server = Server::start_with(
         Opts::default()

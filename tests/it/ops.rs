@@ -499,7 +499,9 @@ fn wal_frames(db: &std::path::Path) -> (u32, u32) {
 
 #[test]
 fn an_idle_writer_copies_the_wal_into_the_database_file() {
-    let server = Server::start();
+    // The reaper sweeps ten times a second, and a sweep with nothing due sends the writer no job:
+    // one would keep it from ever idling.
+    let server = Server::start_with(Opts::default().arg("--reap-interval", "100ms"));
     let share = create_share(&server, &json!({}));
     // Without the idle checkpoint the WAL would keep these frames until 16,000 pages piled up.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -514,6 +516,15 @@ fn an_idle_writer_copies_the_wal_into_the_database_file() {
     assert_eq!(copied, frames, "the idle writer did not copy the WAL");
     let text = server.get("/metrics").text();
     assert!(metric(&text, "sessiond_writer_idle_checkpoints_complete_total").unwrap() >= 1.0);
+    let commits = metric(&text, "sessiond_writer_commits_total").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = server.get("/metrics").text();
+    assert_eq!(
+        metric(&text, "sessiond_writer_commits_total").unwrap(),
+        commits,
+        "an idle server's writer committed"
+    );
+    assert_eq!(wal_frames(&server.db), (frames, copied));
     // Reads after the checkpoint come from the database file, and writes go on.
     server
         .get_auth(&format!("/sessions/{}", share.id), &share.owner_token)
