@@ -108,10 +108,13 @@ fn every(interval: Duration, stop: &AtomicBool, mut work: impl FnMut()) {
 
 /// Writes absorbed viewer activity; on failure it stays pending for the next flush.
 pub fn flush_viewers(viewers: &Viewers, writer: &Writer) {
-    let batch = viewers.take_dirty();
+    let mut batch = viewers.take_dirty();
     if batch.is_empty() {
         return;
     }
+    // In the order of the viewers' primary key: each page of the table is then read and changed
+    // once per flush, not once per viewer on it in random order.
+    batch.sort_unstable_by(|(a, x), (b, y)| (a, &x.viewer_id).cmp(&(b, &y.viewer_id)));
     for chunk in batch.chunks(4 * BATCH) {
         let rows = chunk.to_vec();
         if let Err(e) = writer.exec(move |tx| shares::upsert_viewers(tx, &rows)) {
