@@ -174,6 +174,16 @@ impl Resp {
         }
     }
 
+    /// A JSON body written by [`crate::api::json::Obj`].
+    pub fn json_written(status: u16, body: Vec<u8>) -> Resp {
+        Resp {
+            status,
+            body,
+            content_type: "application/json",
+            headers: Vec::new(),
+        }
+    }
+
     pub fn text(status: u16, content_type: &'static str, body: String) -> Resp {
         Resp {
             status,

@@ -4,6 +4,7 @@
 //! This module holds what the dialects share: strict JSON body parsing with messages that name the
 //! offending field, and resolution of the credential a caller presented.
 
+pub mod json;
 pub mod ops;
 pub mod runtime;
 pub mod share;

@@ -6,6 +6,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use super::json::Obj;
 use super::{Fields, credential, gateway, json_object};
 use crate::auth;
 use crate::db::accounts::{Credential, CredentialKind};
@@ -184,19 +185,6 @@ fn loader<'a>(db: &'a Reader, session_id: i64) -> impl Fn() -> Result<Loaded> + 
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct PublicView<'a> {
-    session_id: &'a str,
-    slug: &'a str,
-    public_url: Joined<'a, 3>,
-    expires_at: String,
-    created_at: String,
-    auth_mode: &'static str,
-    closed: bool,
-    available: bool,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
 struct PolicyView<'a> {
     public: bool,
     max_concurrent_viewers: i64,
@@ -228,46 +216,14 @@ struct ViewerView {
     ip: Option<String>,
 }
 
-/// The seed document's keys, in its order.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FullView<'a> {
-    session_id: &'a str,
-    slug: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    session_token: Option<Joined<'a, 3>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    owner_token: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    owner_url: Option<Joined<'a, 5>>,
-    overlay_script_url: Joined<'a, 3>,
-    public_url: Joined<'a, 3>,
-    edge_url: Joined<'a, 2>,
-    expires_at: String,
-    created_at: String,
-    auth_mode: &'static str,
-    policy: PolicyView<'a>,
-    active_viewers: Vec<ViewerView>,
-    kicked_viewer_ids: Vec<String>,
-    closed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    username: Option<&'static str>,
-    available: bool,
-}
-
-/// A string made of parts, serialized without being built first: the views' URLs are most of
-/// what they would otherwise allocate.
+/// A string made of parts (the URLs of a created share), joined only when it is serialized.
 struct Joined<'a, const N: usize>([&'a str; N]);
-
-impl<const N: usize> std::fmt::Display for Joined<'_, N> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.iter().try_for_each(|part| f.write_str(part))
-    }
-}
 
 impl<const N: usize> Serialize for Joined<'_, N> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        // Joined first: `collect_str` escapes each part through the formatting machinery, which
+        // cost more than the copy (a full view has five of these).
+        s.serialize_str(&self.0.concat())
     }
 }
 
@@ -288,20 +244,22 @@ fn urls<'a>(ctx: &'a Ctx, slug: &'a str, owner_token: &'a str) -> Urls<'a> {
     }
 }
 
+// The two views are the most requested bodies, written with `json::Obj` (see there why).
+
 fn public_view(ctx: &Ctx, share: &Share) -> Resp {
-    Resp::json(
-        200,
-        &PublicView {
-            session_id: &share.uid,
-            slug: &share.slug,
-            public_url: Joined([&ctx.cfg().public_base_url, "/s/", &share.slug]),
-            expires_at: rfc3339(share.expires_at),
-            created_at: rfc3339(share.created_at),
-            auth_mode: share.auth_mode.as_str(),
-            closed: share.closed,
-            available: share.available(ctx.now),
-        },
-    )
+    let mut o = Obj::with_capacity(384);
+    o.str("sessionId", &share.uid)
+        .str("slug", &share.slug)
+        .joined(
+            "publicUrl",
+            &[&ctx.cfg().public_base_url, "/s/", &share.slug],
+        )
+        .str("expiresAt", &rfc3339(share.expires_at))
+        .str("createdAt", &rfc3339(share.created_at))
+        .str("authMode", share.auth_mode.as_str())
+        .bool("closed", share.closed)
+        .bool("available", share.available(ctx.now));
+    Resp::json_written(200, o.finish())
 }
 
 fn full_view(ctx: &Ctx, share: &Share, owner_token: Option<&str>) -> Result<Resp> {
@@ -309,27 +267,39 @@ fn full_view(ctx: &Ctx, share: &Share, owner_token: Option<&str>) -> Result<Resp
         .app
         .viewers
         .list(share.id, ctx.now, loader(ctx.db, share.id))?;
-    let u = urls(ctx, &share.slug, owner_token.unwrap_or(""));
-    let view = FullView {
-        session_id: &share.uid,
-        slug: &share.slug,
-        session_token: owner_token.map(|t| Joined([&share.slug, ".", t])),
-        owner_token,
-        owner_url: owner_token.map(|_| u.owner_url),
-        overlay_script_url: u.overlay_script_url,
-        public_url: u.public_url,
-        edge_url: u.edge_url,
-        expires_at: rfc3339(share.expires_at),
-        created_at: rfc3339(share.created_at),
-        auth_mode: share.auth_mode.as_str(),
-        policy: PolicyView::of(&share.policy),
-        active_viewers: viewers.into_iter().map(viewer_view).collect(),
-        kicked_viewer_ids: kicked,
-        closed: share.closed,
-        username: (share.auth_mode == AuthMode::Basic).then_some(BASIC_USERNAME),
-        available: share.available(ctx.now),
-    };
-    Ok(Resp::json(200, &view))
+    let (base, slug) = (&ctx.cfg().public_base_url, &share.slug);
+    // The seed document's keys, in its order.
+    let mut o = Obj::with_capacity(1024);
+    o.str("sessionId", &share.uid).str("slug", slug);
+    if let Some(token) = owner_token {
+        o.joined("sessionToken", &[slug, ".", token])
+            .str("ownerToken", token)
+            .joined(
+                "ownerUrl",
+                &[base, "/.wormkey/owner?slug=", slug, "&token=", token],
+            );
+    }
+    o.joined(
+        "overlayScriptUrl",
+        &[base, "/.wormkey/overlay.js?slug=", slug],
+    )
+    .joined("publicUrl", &[base, "/s/", slug])
+    .joined("edgeUrl", &[&ctx.cfg().edge_base_url, "/tunnel"])
+    .str("expiresAt", &rfc3339(share.expires_at))
+    .str("createdAt", &rfc3339(share.created_at))
+    .str("authMode", share.auth_mode.as_str())
+    .value("policy", &PolicyView::of(&share.policy))
+    .value(
+        "activeViewers",
+        &viewers.into_iter().map(viewer_view).collect::<Vec<_>>(),
+    )
+    .value("kickedViewerIds", &kicked)
+    .bool("closed", share.closed);
+    if share.auth_mode == AuthMode::Basic {
+        o.str("username", BASIC_USERNAME);
+    }
+    o.bool("available", share.available(ctx.now));
+    Ok(Resp::json_written(200, o.finish()))
 }
 
 fn viewer_view(v: LiveViewer) -> ViewerView {
