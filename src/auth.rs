@@ -146,10 +146,10 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Compares a presented secret with a configured one without leaking where they differ or their
-/// lengths: both sides are hashed to a fixed length first.
-pub fn ct_eq_secret(presented: &str, configured: &str) -> bool {
-    ct_eq(&token_hash(presented), &token_hash(configured))
+/// Compares a presented secret with a configured one, given as its [`token_hash`], without leaking
+/// where they differ or their lengths: the presented one is hashed to the same fixed length first.
+pub fn ct_eq_secret(presented: &str, configured_hash: &[u8; 32]) -> bool {
+    ct_eq(&token_hash(presented), configured_hash)
 }
 
 static ARGON2_GATE: Gate = Gate::new(ARGON2_PERMITS);
@@ -529,6 +529,21 @@ impl Throttle {
 mod tests {
     use super::*;
     use std::net::IpAddr;
+
+    #[test]
+    fn a_secret_matches_only_the_hash_of_itself() {
+        let key = "gateway-key-0123456789";
+        let hash = token_hash(key);
+        assert!(ct_eq_secret(key, &hash));
+        for other in [
+            "",
+            "gateway-key-012345678",
+            "gateway-key-01234567890",
+            "Gateway-key-0123456789",
+        ] {
+            assert!(!ct_eq_secret(other, &hash), "{other}");
+        }
+    }
 
     #[test]
     fn password_hash_round_trip() {

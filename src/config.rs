@@ -99,7 +99,9 @@ pub struct Config {
     pub backup_keep: usize,
     pub admin_email: String,
     pub admin_password: Option<String>,
-    pub internal_api_key: Option<String>,
+    /// The shared gateway key's hash (`auth::token_hash`): every `/internal` request compares
+    /// with it, so it is hashed once, and the key itself is not kept.
+    pub internal_api_key_hash: Option<[u8; 32]>,
 }
 
 /// Where a setting's value came from, for `config --dump`.
@@ -321,7 +323,8 @@ impl Raw {
             backup_keep: (number("backup_keep")? as usize).max(1),
             admin_email: self.get("admin_email").to_string(),
             admin_password: optional("admin_password"),
-            internal_api_key: optional("internal_api_key"),
+            internal_api_key_hash: optional("internal_api_key")
+                .map(|k| crate::auth::token_hash(&k)),
         })
     }
 }

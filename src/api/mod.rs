@@ -187,14 +187,13 @@ pub fn gateway(ctx: &Ctx, req: &Req) -> Result<Option<Actor>> {
     let Some(token) = req.bearer() else {
         return Ok(None);
     };
-    let ip = req.client_ip_string();
-    if let Some(key) = &ctx.cfg().internal_api_key {
-        if auth::ct_eq_secret(token, key) {
+    if let Some(key_hash) = &ctx.cfg().internal_api_key_hash {
+        if auth::ct_eq_secret(token, key_hash) {
             return Ok(Some(Actor {
                 kind: ActorType::Service,
                 id: Some("internal_api_key".into()),
                 email: None,
-                ip,
+                ip: req.client_ip_string(),
             }));
         }
     }
@@ -205,7 +204,7 @@ pub fn gateway(ctx: &Ctx, req: &Req) -> Result<Option<Actor>> {
             kind: ActorType::Service,
             id: Some(c.uid),
             email: None,
-            ip,
+            ip: req.client_ip_string(),
         }))
 }
 
