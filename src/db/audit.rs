@@ -36,13 +36,22 @@ pub fn record(tx: &Tx, entry: &AuditEntry, now: Millis) -> Result<()> {
     Ok(())
 }
 
+/// The condition of an audit row the reaper prunes (`?1` is the cutoff).
+macro_rules! audit_prunable {
+    () => {
+        "created_at < ?1"
+    };
+}
+
 /// Deletes up to `limit` audit rows older than `cutoff`; returns how many went.
 pub fn prune(tx: &Tx, cutoff: Millis, limit: usize) -> Result<usize> {
     let n = tx
         .conn
-        .prepare_cached(
-            "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)",
-        )?
+        .prepare_cached(concat!(
+            "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ",
+            audit_prunable!(),
+            " ORDER BY created_at LIMIT ?2)"
+        ))?
         .execute(params![cutoff, limit as i64])?;
     Ok(n)
 }
@@ -104,7 +113,11 @@ const AUDIT_LISTING: &str =
 impl Reader {
     /// Whether any audit row is older than `cutoff` (so the reaper sends the writer no empty job).
     pub fn any_audit_before(&self, cutoff: Millis) -> Result<bool> {
-        let sql = "SELECT EXISTS (SELECT 1 FROM audit WHERE created_at < ?1)";
+        let sql = concat!(
+            "SELECT EXISTS (SELECT 1 FROM audit WHERE ",
+            audit_prunable!(),
+            ")"
+        );
         Ok(self
             .conn
             .prepare_cached(sql)?
