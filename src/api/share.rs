@@ -227,6 +227,8 @@ impl<const N: usize> Serialize for Joined<'_, N> {
     }
 }
 
+/// A share's URLs, as parts: the created share serializes them as `Joined`, the views hand the
+/// parts to `json::Obj::joined`.
 struct Urls<'a> {
     public_url: Joined<'a, 3>,
     owner_url: Joined<'a, 5>,
@@ -247,13 +249,11 @@ fn urls<'a>(ctx: &'a Ctx, slug: &'a str, owner_token: &'a str) -> Urls<'a> {
 // The two views are the most requested bodies, written with `json::Obj` (see there why).
 
 fn public_view(ctx: &Ctx, share: &Share) -> Resp {
+    let u = urls(ctx, &share.slug, "");
     let mut o = Obj::with_capacity(384);
     o.str("sessionId", &share.uid)
         .str("slug", &share.slug)
-        .joined(
-            "publicUrl",
-            &[&ctx.cfg().public_base_url, "/s/", &share.slug],
-        )
+        .joined("publicUrl", &u.public_url.0)
         .str("expiresAt", &rfc3339(share.expires_at))
         .str("createdAt", &rfc3339(share.created_at))
         .str("authMode", share.auth_mode.as_str())
@@ -267,34 +267,29 @@ fn full_view(ctx: &Ctx, share: &Share, owner_token: Option<&str>) -> Result<Resp
         .app
         .viewers
         .list(share.id, ctx.now, loader(ctx.db, share.id))?;
-    let (base, slug) = (&ctx.cfg().public_base_url, &share.slug);
+    let slug = &share.slug;
+    let u = urls(ctx, slug, owner_token.unwrap_or(""));
     // The seed document's keys, in its order.
     let mut o = Obj::with_capacity(1024);
     o.str("sessionId", &share.uid).str("slug", slug);
     if let Some(token) = owner_token {
         o.joined("sessionToken", &[slug, ".", token])
             .str("ownerToken", token)
-            .joined(
-                "ownerUrl",
-                &[base, "/.wormkey/owner?slug=", slug, "&token=", token],
-            );
+            .joined("ownerUrl", &u.owner_url.0);
     }
-    o.joined(
-        "overlayScriptUrl",
-        &[base, "/.wormkey/overlay.js?slug=", slug],
-    )
-    .joined("publicUrl", &[base, "/s/", slug])
-    .joined("edgeUrl", &[&ctx.cfg().edge_base_url, "/tunnel"])
-    .str("expiresAt", &rfc3339(share.expires_at))
-    .str("createdAt", &rfc3339(share.created_at))
-    .str("authMode", share.auth_mode.as_str())
-    .value("policy", &PolicyView::of(&share.policy))
-    .value(
-        "activeViewers",
-        &viewers.into_iter().map(viewer_view).collect::<Vec<_>>(),
-    )
-    .value("kickedViewerIds", &kicked)
-    .bool("closed", share.closed);
+    o.joined("overlayScriptUrl", &u.overlay_script_url.0)
+        .joined("publicUrl", &u.public_url.0)
+        .joined("edgeUrl", &u.edge_url.0)
+        .str("expiresAt", &rfc3339(share.expires_at))
+        .str("createdAt", &rfc3339(share.created_at))
+        .str("authMode", share.auth_mode.as_str())
+        .value("policy", &PolicyView::of(&share.policy))
+        .value(
+            "activeViewers",
+            &viewers.into_iter().map(viewer_view).collect::<Vec<_>>(),
+        )
+        .value("kickedViewerIds", &kicked)
+        .bool("closed", share.closed);
     if share.auth_mode == AuthMode::Basic {
         o.str("username", BASIC_USERNAME);
     }
