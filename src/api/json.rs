@@ -1,4 +1,5 @@
-//! A JSON object writer for the most requested views (a share's full and public views).
+//! A JSON object writer for the most requested bodies (a share's full and public views, and the
+//! answer to its creation).
 //!
 //! serde_json escapes a string one byte at a time, through a table and a branch per byte: for a
 //! share's full view (733 bytes, nearly all of it URLs, ids and timestamps) that was a fifth of the

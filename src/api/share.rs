@@ -216,44 +216,33 @@ struct ViewerView {
     ip: Option<String>,
 }
 
-/// A string made of parts (the URLs of a created share), joined only when it is serialized.
-struct Joined<'a, const N: usize>([&'a str; N]);
-
-impl<const N: usize> Serialize for Joined<'_, N> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        // Joined first: `collect_str` escapes each part through the formatting machinery, which
-        // cost more than the copy (a full view has five of these).
-        s.serialize_str(&self.0.concat())
-    }
-}
-
-/// A share's URLs, as parts: the created share serializes them as `Joined`, the views hand the
-/// parts to `json::Obj::joined`.
+/// A share's URLs, as parts for `json::Obj::joined` (written without being joined first).
 struct Urls<'a> {
-    public_url: Joined<'a, 3>,
-    owner_url: Joined<'a, 5>,
-    overlay_script_url: Joined<'a, 3>,
-    edge_url: Joined<'a, 2>,
+    public_url: [&'a str; 3],
+    owner_url: [&'a str; 5],
+    overlay_script_url: [&'a str; 3],
+    edge_url: [&'a str; 2],
 }
 
 fn urls<'a>(ctx: &'a Ctx, slug: &'a str, owner_token: &'a str) -> Urls<'a> {
     let base = &ctx.cfg().public_base_url;
     Urls {
-        public_url: Joined([base, "/s/", slug]),
-        owner_url: Joined([base, "/.wormkey/owner?slug=", slug, "&token=", owner_token]),
-        overlay_script_url: Joined([base, "/.wormkey/overlay.js?slug=", slug]),
-        edge_url: Joined([&ctx.cfg().edge_base_url, "/tunnel"]),
+        public_url: [base, "/s/", slug],
+        owner_url: [base, "/.wormkey/owner?slug=", slug, "&token=", owner_token],
+        overlay_script_url: [base, "/.wormkey/overlay.js?slug=", slug],
+        edge_url: [&ctx.cfg().edge_base_url, "/tunnel"],
     }
 }
 
-// The two views are the most requested bodies, written with `json::Obj` (see there why).
+// A share's views and its creation are the most requested bodies of the dialect, written with
+// `json::Obj` (see there why).
 
 fn public_view(ctx: &Ctx, share: &Share) -> Resp {
     let u = urls(ctx, &share.slug, "");
     let mut o = Obj::with_capacity(384);
     o.str("sessionId", &share.uid)
         .str("slug", &share.slug)
-        .joined("publicUrl", &u.public_url.0)
+        .joined("publicUrl", &u.public_url)
         .str("expiresAt", &rfc3339(share.expires_at))
         .str("createdAt", &rfc3339(share.created_at))
         .str("authMode", share.auth_mode.as_str())
@@ -275,11 +264,11 @@ fn full_view(ctx: &Ctx, share: &Share, owner_token: Option<&str>) -> Result<Resp
     if let Some(token) = owner_token {
         o.joined("sessionToken", &[slug, ".", token])
             .str("ownerToken", token)
-            .joined("ownerUrl", &u.owner_url.0);
+            .joined("ownerUrl", &u.owner_url);
     }
-    o.joined("overlayScriptUrl", &u.overlay_script_url.0)
-        .joined("publicUrl", &u.public_url.0)
-        .joined("edgeUrl", &u.edge_url.0)
+    o.joined("overlayScriptUrl", &u.overlay_script_url)
+        .joined("publicUrl", &u.public_url)
+        .joined("edgeUrl", &u.edge_url)
         .str("expiresAt", &rfc3339(share.expires_at))
         .str("createdAt", &rfc3339(share.created_at))
         .str("authMode", share.auth_mode.as_str())
@@ -308,25 +297,6 @@ fn viewer_view(v: LiveViewer) -> ViewerView {
 
 // ---------------------------------------------------------------------------------------------
 // Creation
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Created<'a> {
-    session_id: &'a str,
-    slug: &'a str,
-    public_url: Joined<'a, 3>,
-    owner_url: Joined<'a, 5>,
-    owner_token: &'a str,
-    overlay_script_url: Joined<'a, 3>,
-    edge_url: Joined<'a, 2>,
-    session_token: Joined<'a, 3>,
-    expires_at: String,
-    created_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    username: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    password: Option<String>,
-}
 
 /// `POST /sessions`
 pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
@@ -427,21 +397,22 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
     })?;
 
     let u = urls(ctx, &slug, &owner_token);
-    let created = Created {
-        session_id: &uid,
-        session_token: Joined([&slug, ".", &owner_token]),
-        slug: &slug,
-        public_url: u.public_url,
-        owner_url: u.owner_url,
-        owner_token: &owner_token,
-        overlay_script_url: u.overlay_script_url,
-        edge_url: u.edge_url,
-        expires_at: rfc3339(now + ttl),
-        created_at: rfc3339(now),
-        username: basic_password.as_ref().map(|_| BASIC_USERNAME),
-        password: basic_password,
-    };
-    Ok(Resp::json(201, &created))
+    // The seed's keys, in its order.
+    let mut o = Obj::with_capacity(768);
+    o.str("sessionId", &uid)
+        .str("slug", &slug)
+        .joined("publicUrl", &u.public_url)
+        .joined("ownerUrl", &u.owner_url)
+        .str("ownerToken", &owner_token)
+        .joined("overlayScriptUrl", &u.overlay_script_url)
+        .joined("edgeUrl", &u.edge_url)
+        .joined("sessionToken", &[&slug, ".", &owner_token])
+        .str("expiresAt", &rfc3339(now + ttl))
+        .str("createdAt", &rfc3339(now));
+    if let Some(password) = &basic_password {
+        o.str("username", BASIC_USERNAME).str("password", password);
+    }
+    Ok(Resp::json_written(201, o.finish()))
 }
 
 // ---------------------------------------------------------------------------------------------
