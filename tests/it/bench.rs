@@ -920,3 +920,113 @@ trait Tap: Sized {
 }
 
 impl Tap for Figures {}
+
+/// The handlers' own cost, without HTTP and on one thread: `server::respond` called in a loop over
+/// a real `App` (its writer thread, a SQLite file of `SESSIOND_BENCH_N` shares) for
+/// `GET /sessions/:id` and an admission, `SESSIOND_BENCH_ITERS` calls per round (default 100,000).
+/// The HTTP probes above swing by a third between runs on a shared machine; these figures do not
+/// swing as much, and under `valgrind --tool=callgrind` (with fewer calls) they become instruction
+/// counts per function, which do not swing at all. Runs only with `SESSIOND_BENCH_HANDLERS=1`:
+///
+/// ```sh
+/// SESSIOND_BENCH_HANDLERS=1 cargo test --release --test it handler_cost -- --nocapture
+/// ```
+#[test]
+fn handler_cost() {
+    use sessiond::db::{self, Reader, Writer};
+    use sessiond::server::{self, App, Incoming};
+    if std::env::var("SESSIOND_BENCH_HANDLERS").as_deref() != Ok("1") {
+        return;
+    }
+    let n = env_num("SESSIOND_BENCH_N", 100_000) as i64;
+    let iters = env_num("SESSIOND_BENCH_ITERS", 100_000);
+    let rounds = env_num("SESSIOND_BENCH_ROUNDS", 3);
+    let dir = TempDir::new();
+    let path = dir.path().join("handlers.db");
+    let env = |name: &str| match name {
+        "SESSIOND_DB" => Some(path.to_string_lossy().into_owned()),
+        "SESSIOND_INTERNAL_API_KEY" => Some(GATEWAY_KEY.into()),
+        "SESSIOND_ADMIN_PASSWORD" => Some("admin-password-for-tests".into()),
+        _ => None,
+    };
+    let (raw, _) = sessiond::config::parse(&[], &env).unwrap();
+    let cfg = raw.into_config().unwrap();
+    let mut conn = db::open(&cfg.db, db::Access::ReadWrite, true).unwrap();
+    db::migrate::migrate(&mut conn).unwrap();
+    let admin = db::accounts::Admin {
+        email: &cfg.admin_email,
+        password: cfg.admin_password.as_deref(),
+    };
+    let now = sessiond::domain::time::now_ms();
+    db::accounts::bootstrap(&mut conn, Some(admin), now).unwrap();
+    // The same shares as the HTTP benchmark's (its tokens hashed the same way).
+    let load = rusqlite::Connection::open(&path).unwrap();
+    load.execute_batch("BEGIN").unwrap();
+    for i in 0..n {
+        load.execute(
+            "INSERT INTO sessions (uid, dialect, account_id, status, created_at, expires_at) VALUES (?1, 'share', 1, 'active', ?2, ?3)",
+            rusqlite::params![format!("sess_bench{i:027}"), now, now + 86_400_000],
+        )
+        .unwrap();
+        let hash: [u8; 32] = Blake2b256::digest(format!("benchtoken{i:022}").as_bytes()).into();
+        load.execute(
+            "INSERT INTO shares (session_id, slug, owner_token_hash, auth_mode, policy_max_viewers) VALUES (?1, ?2, ?3, 'none', 1000)",
+            rusqlite::params![load.last_insert_rowid(), format!("bench-slug-{i}"), &hash[..]],
+        )
+        .unwrap();
+    }
+    load.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    drop(load);
+    let app = Arc::new(App::new(cfg, Writer::start(conn)));
+    let reader = Reader::open(&app.cfg.db).unwrap();
+    let request = |method: &str, url: String, token: String, body: String| Incoming {
+        method: method.to_string(),
+        url,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("authorization".into(), format!("Bearer {token}")),
+        ],
+        body: Ok(body.into_bytes()),
+        peer: Some([127, 0, 0, 1].into()),
+        client_ip: Some([127, 0, 0, 1].into()),
+        request_id: "bench".into(),
+    };
+    let seed = rand_u64();
+    // The requests are made before the clock starts: only `respond` is timed.
+    let routes: [(&str, &dyn Fn(u64) -> Incoming); 2] = [
+        (GET_NAME, &|k| {
+            request(
+                "GET",
+                format!("/sessions/sess_bench{k:027}"),
+                format!("benchtoken{k:022}"),
+                String::new(),
+            )
+        }),
+        (ADMIT_NAME, &|k| {
+            request(
+                "POST",
+                format!("/internal/sessions/by-slug/bench-slug-{k}/admit"),
+                GATEWAY_KEY.into(),
+                format!(r#"{{"viewerId":"c{}","ip":"10.0.0.1","path":"/"}}"#, k % 64),
+            )
+        }),
+    ];
+    eprintln!("handlers: {n} shares, one thread, {iters} calls of server::respond per round");
+    for (name, make) in routes {
+        let mut figures = Vec::new();
+        for round in 0..rounds {
+            let batch: Vec<Incoming> = (0..iters)
+                .map(|i| make(pick(seed ^ round, i, n as u64)))
+                .collect();
+            let started = Instant::now();
+            for incoming in batch {
+                let (_, resp) = server::respond(&app, &reader, incoming);
+                assert!(resp.status < 300, "{name}: {}", resp.status);
+            }
+            figures.push(started.elapsed().as_secs_f64() * 1e6 / iters as f64);
+        }
+        let shown: Vec<String> = figures.iter().map(|us| format!("{us:.2}")).collect();
+        eprintln!("  {name:<44} µs per call: {}", shown.join(" "));
+    }
+}
