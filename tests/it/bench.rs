@@ -475,32 +475,7 @@ fn bench() {
     drop(Server::start_in(dir.clone(), Opts::default()));
     let api_key = cli_key(&db, &["--name", "bench"]);
     let load = Instant::now();
-    {
-        let mut conn = rusqlite::Connection::open(&db).unwrap();
-        let tx = conn.transaction().unwrap();
-        {
-            let mut s = tx.prepare("INSERT INTO sessions (uid, dialect, account_id, status, created_at, expires_at) VALUES (?1, 'share', 1, 'active', ?2, ?3)").unwrap();
-            let mut sh = tx.prepare("INSERT INTO shares (session_id, slug, owner_token_hash, auth_mode, policy_max_viewers) VALUES (?1, ?2, ?3, 'none', 1000)").unwrap();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as i64;
-            for i in 0..n {
-                s.execute(rusqlite::params![
-                    format!("sess_bench{i:027}"),
-                    now,
-                    now + 86_400_000
-                ])
-                .unwrap();
-                let id = tx.last_insert_rowid();
-                let token = format!("benchtoken{i:022}");
-                let hash: [u8; 32] = Blake2b256::digest(token.as_bytes()).into();
-                sh.execute(rusqlite::params![id, format!("bench-slug-{i}"), &hash[..]])
-                    .unwrap();
-            }
-        }
-        tx.commit().unwrap();
-    }
+    load_shares(&db, n);
     eprintln!(
         "bench: {n} share sessions loaded in {:.1} s ({:.1} MiB file); {conns} connections, {secs} s per probe, {threads} server threads",
         load.elapsed().as_secs_f64(),
@@ -921,6 +896,36 @@ trait Tap: Sized {
 
 impl Tap for Figures {}
 
+/// Adds `n` live share sessions to the database at `db` in one transaction: `sess_bench<i>` with
+/// slug `bench-slug-<i>` and owner token `benchtoken<i>` (both zero-padded as below), expiring in a
+/// day, in account 1.
+fn load_shares(db: &std::path::Path, n: u64) {
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    let tx = conn.transaction().unwrap();
+    {
+        let mut s = tx.prepare("INSERT INTO sessions (uid, dialect, account_id, status, created_at, expires_at) VALUES (?1, 'share', 1, 'active', ?2, ?3)").unwrap();
+        let mut sh = tx.prepare("INSERT INTO shares (session_id, slug, owner_token_hash, auth_mode, policy_max_viewers) VALUES (?1, ?2, ?3, 'none', 1000)").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        for i in 0..n {
+            s.execute(rusqlite::params![
+                format!("sess_bench{i:027}"),
+                now,
+                now + 86_400_000
+            ])
+            .unwrap();
+            let id = tx.last_insert_rowid();
+            let token = format!("benchtoken{i:022}");
+            let hash: [u8; 32] = Blake2b256::digest(token.as_bytes()).into();
+            sh.execute(rusqlite::params![id, format!("bench-slug-{i}"), &hash[..]])
+                .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
 /// The handlers' own cost, without HTTP and on one thread: `server::respond` called in a loop over
 /// a real `App` (its writer thread, a SQLite file of `SESSIOND_BENCH_N` shares) for
 /// `GET /sessions/:id` and an admission, `SESSIOND_BENCH_ITERS` calls per round (default 100,000).
@@ -938,7 +943,7 @@ fn handler_cost() {
     if std::env::var("SESSIOND_BENCH_HANDLERS").as_deref() != Ok("1") {
         return;
     }
-    let n = env_num("SESSIOND_BENCH_N", 100_000) as i64;
+    let n = env_num("SESSIOND_BENCH_N", 100_000);
     let iters = env_num("SESSIOND_BENCH_ITERS", 100_000);
     let rounds = env_num("SESSIOND_BENCH_ROUNDS", 3);
     let dir = TempDir::new();
@@ -959,25 +964,12 @@ fn handler_cost() {
     };
     let now = sessiond::domain::time::now_ms();
     db::accounts::bootstrap(&mut conn, Some(admin), now).unwrap();
-    // The same shares as the HTTP benchmark's (its tokens hashed the same way).
-    let load = rusqlite::Connection::open(&path).unwrap();
-    load.execute_batch("BEGIN").unwrap();
-    for i in 0..n {
-        load.execute(
-            "INSERT INTO sessions (uid, dialect, account_id, status, created_at, expires_at) VALUES (?1, 'share', 1, 'active', ?2, ?3)",
-            rusqlite::params![format!("sess_bench{i:027}"), now, now + 86_400_000],
-        )
+    // The same shares as the HTTP benchmark's, checkpointed into the file.
+    load_shares(&path, n);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .unwrap();
-        let hash: [u8; 32] = Blake2b256::digest(format!("benchtoken{i:022}").as_bytes()).into();
-        load.execute(
-            "INSERT INTO shares (session_id, slug, owner_token_hash, auth_mode, policy_max_viewers) VALUES (?1, ?2, ?3, 'none', 1000)",
-            rusqlite::params![load.last_insert_rowid(), format!("bench-slug-{i}"), &hash[..]],
-        )
-        .unwrap();
-    }
-    load.execute_batch("COMMIT; PRAGMA wal_checkpoint(TRUNCATE);")
-        .unwrap();
-    drop(load);
     let app = Arc::new(App::new(cfg, Writer::start(conn)));
     let reader = Reader::open(&app.cfg.db).unwrap();
     let request = |method: &str, url: String, token: String, body: String| Incoming {
@@ -1016,9 +1008,7 @@ fn handler_cost() {
     for (name, make) in routes {
         let mut figures = Vec::new();
         for round in 0..rounds {
-            let batch: Vec<Incoming> = (0..iters)
-                .map(|i| make(pick(seed ^ round, i, n as u64)))
-                .collect();
+            let batch: Vec<Incoming> = (0..iters).map(|i| make(pick(seed ^ round, i, n))).collect();
             let started = Instant::now();
             for incoming in batch {
                 let (_, resp) = server::respond(&app, &reader, incoming);
