@@ -125,6 +125,82 @@ fn malformed_http_gets_a_clear_error_in_the_dialects_shape_never_a_500() {
     assert!(!log.contains(" 500 "), "{log}");
 }
 
+/// What the server answers to `raw` sent whole, and sent a byte at a time.
+fn answered_whole_and_bytewise(addr: &str, raw: &[u8]) -> (Option<u16>, Option<u16>) {
+    let mut whole = connect(addr);
+    whole.write_all(raw).unwrap();
+    let mut bytewise = connect(addr);
+    bytewise.set_nodelay(true).unwrap();
+    for b in raw {
+        // A refusal may close the connection before the rest is written.
+        if bytewise.write_all(std::slice::from_ref(b)).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    (
+        status_of(&read_all(&mut whole)),
+        status_of(&read_all(&mut bytewise)),
+    )
+}
+
+#[test]
+fn a_request_head_reads_the_same_however_its_bytes_arrive() {
+    // The line limit (8192 bytes with its CRLF) holds to the byte, and a head split anywhere across
+    // reads, a CR in one and its LF in the next, reads as it does whole: tiny_http reads lines a
+    // run of buffered bytes at a time (patch 12), not byte by byte.
+    let server = Server::start();
+    let line = |len: usize| {
+        let path = format!(
+            "/v1/sessions/{}",
+            "a".repeat(len - "GET  HTTP/1.1\r\n".len() - 13)
+        );
+        let raw = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert_eq!(raw.find('\n'), Some(len - 1));
+        raw
+    };
+    let header = |len: usize| {
+        let value = "b".repeat(len - "X-A: \r\n".len());
+        format!("GET /healthz HTTP/1.1\r\nX-A: {value}\r\nConnection: close\r\n\r\n")
+    };
+    for (raw, wanted) in [
+        (line(8192), 401),
+        (line(8193), 414),
+        (header(8192), 200),
+        (header(8193), 431),
+    ] {
+        let mut s = connect(&server.addr);
+        // A refusal may close the connection before the rest of the request is written.
+        let _ = s.write_all(raw.as_bytes());
+        assert_eq!(status_of(&read_all(&mut s)), Some(wanted), "{}", raw.len());
+    }
+    let cases: [(&[u8], u16); 5] = [
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nX-A: a\nb\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nX-A: a\r\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+        (b"GET /healthz HTTP/1.1\r\nNoColon\r\n\r\n", 400),
+        (
+            b"POST /v1/sessions HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+            401,
+        ),
+    ];
+    for (raw, wanted) in cases {
+        let (whole, bytewise) = answered_whole_and_bytewise(&server.addr, raw);
+        let what = String::from_utf8_lossy(raw);
+        assert_eq!(whole, bytewise, "{what}");
+        assert_eq!(whole, Some(wanted), "{what}");
+    }
+}
+
 #[test]
 fn keep_alive_and_pipelined_requests_still_work() {
     let server = Server::start();

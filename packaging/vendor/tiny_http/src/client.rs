@@ -2,7 +2,7 @@ use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufReader, BufWriter, ErrorKind, Read};
+use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -102,42 +102,71 @@ impl ClientConnection {
     /// the first line of a request arms the request deadline once its first byte has arrived
     /// (before that, the connection is idle: a timeout or EOF there is `ReadError::Idle`).
     fn read_next_line(&mut self, first_of_request: bool) -> Result<AsciiString, ReadError> {
+        // sessiond patch: the line is taken from the buffered reader's buffer a run of bytes at a
+        // time (upstream read it byte by byte through `Read::bytes`, about 60 instructions a byte,
+        // a quarter of a small request's cost). What it accepts and refuses is unchanged: the line
+        // ends at the first LF after a CR, and an error comes where upstream's byte-by-byte loop
+        // would have stopped.
         let mut buf = Vec::new();
-        let mut prev_byte_was_cr = false;
-
         loop {
-            let byte = self.next_header_source.by_ref().bytes().next();
-
-            let byte = match byte {
-                Some(Ok(b)) => b,
-                Some(Err(_)) | None if first_of_request && buf.is_empty() => {
-                    return Err(ReadError::Idle)
-                }
-                Some(Err(e)) => return Err(ReadError::ReadIoError(e)),
-                None => {
-                    return Err(ReadError::ReadIoError(IoError::new(
-                        ErrorKind::ConnectionAborted,
-                        "Unexpected EOF",
-                    )))
-                }
+            let available = match self.next_header_source.fill_buf() {
+                Ok(available) => available,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) if first_of_request && buf.is_empty() => return Err(ReadError::Idle),
+                Err(e) => return Err(ReadError::ReadIoError(e)),
             };
+            if available.is_empty() {
+                if first_of_request && buf.is_empty() {
+                    return Err(ReadError::Idle);
+                }
+                return Err(ReadError::ReadIoError(IoError::new(
+                    ErrorKind::ConnectionAborted,
+                    "Unexpected EOF",
+                )));
+            }
             if first_of_request && buf.is_empty() {
                 if let Some(clock) = &self.clock {
                     clock.arm(self.limits.request_timeout);
                 }
             }
-            if buf.len() >= self.limits.max_line {
+            // The end of the line: the first LF whose previous byte (perhaps already in `buf`) is
+            // a CR.
+            let mut end = None;
+            let mut from = 0;
+            while let Some(at) = available[from..].iter().position(|&b| b == b'\n') {
+                let at = from + at;
+                let after_cr = if at == 0 {
+                    buf.last() == Some(&b'\r')
+                } else {
+                    available[at - 1] == b'\r'
+                };
+                if after_cr {
+                    end = Some(at);
+                    break;
+                }
+                from = at + 1;
+            }
+            // Each byte is refused once `max_line` bytes came before it on the line.
+            let taken = end.map_or(available.len(), |at| at + 1);
+            if buf.len() + taken > self.limits.max_line {
+                let upto = self.limits.max_line + 1 - buf.len().min(self.limits.max_line);
+                let upto = upto.min(available.len());
+                self.next_header_source.consume(upto);
                 return Err(ReadError::HeadTooLarge(if first_of_request { 414 } else { 431 }));
             }
-
-            if byte == b'\n' && prev_byte_was_cr {
-                buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf).map_err(|_| ReadError::NotAscii);
+            match end {
+                Some(at) => {
+                    buf.extend_from_slice(&available[..at]);
+                    self.next_header_source.consume(at + 1);
+                    buf.pop(); // removing the '\r'
+                    return AsciiString::from_ascii(buf).map_err(|_| ReadError::NotAscii);
+                }
+                None => {
+                    let n = available.len();
+                    buf.extend_from_slice(available);
+                    self.next_header_source.consume(n);
+                }
             }
-
-            prev_byte_was_cr = byte == b'\r';
-
-            buf.push(byte);
         }
     }
 
