@@ -502,25 +502,23 @@ impl Drop for Running<'_> {
 /// path, without routing it.
 fn unavailable(request: tiny_http::Request, message: &str, close: bool) {
     let resp = Error::Unavailable(message.into()).into_resp(routes::dialect_of(request.url()));
-    let close = close.then(|| ("Connection", "close".to_string()));
-    let _ = request.respond(to_tiny_http(resp, close));
+    let close = close.then_some(("Connection", "close"));
+    let _ = write_response(request, &resp, close);
 }
 
-/// `resp` as tiny_http's response: its content type, then `extra`, then its own headers.
-fn to_tiny_http(
-    resp: Resp,
-    extra: impl IntoIterator<Item = (&'static str, String)>,
-) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let mut response = tiny_http::Response::from_data(resp.body).with_status_code(resp.status);
-    for (name, value) in std::iter::once(("Content-Type", resp.content_type.to_string()))
-        .chain(extra)
-        .chain(resp.headers)
-    {
-        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(h);
-        }
-    }
-    response
+/// Writes `resp` as the answer to `request`: its content type, then `extra`, then its own headers.
+/// tiny_http's `respond_raw` (a sessiond patch) writes it with one call, without making a
+/// `tiny_http::Response` and a `Header` per header.
+fn write_response<'a>(
+    request: tiny_http::Request,
+    resp: &'a Resp,
+    extra: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> std::io::Result<()> {
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(4 + resp.headers.len());
+    headers.push(("Content-Type", resp.content_type));
+    headers.extend(extra);
+    headers.extend(resp.headers.iter().map(|(n, v)| (*n, v.as_str())));
+    request.respond_raw(resp.status, &headers, &resp.body)
 }
 
 /// The turns to run: at most this many requests run at once, so they do not all compete for the
@@ -743,49 +741,44 @@ fn prepare(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Reques
         log::error!("500 for {method} {route} [{request_id}]");
     }
 
-    let status = resp.status;
-    let bytes = resp.body.len();
     app.metrics
-        .observe_request(worker, route, status, started.elapsed().as_secs_f64());
-    let response = to_tiny_http(resp, [("X-Request-Id", request_id.clone())]);
+        .observe_request(worker, route, resp.status, started.elapsed().as_secs_f64());
     Prepared {
         request,
-        response,
+        resp,
         started,
         request_id,
         client_ip,
         method,
         route,
-        status,
-        bytes,
     }
 }
 
 /// A request with its response ready to be written.
 struct Prepared {
     request: tiny_http::Request,
-    response: tiny_http::Response<std::io::Cursor<Vec<u8>>>,
+    resp: Resp,
     started: Instant,
     request_id: String,
     client_ip: Option<IpAddr>,
     method: String,
     route: &'static str,
-    status: u16,
-    bytes: usize,
 }
 
 impl Prepared {
     /// Writes the response and the access log line.
     fn send(self, app: &App) {
         let request_id = &self.request_id;
-        if let Err(e) = self.request.respond(self.response) {
+        let id = [("X-Request-Id", request_id.as_str())];
+        if let Err(e) = write_response(self.request, &self.resp, id) {
             log::debug!("could not write the response [{request_id}]: {e}");
         }
         let ip = self
             .client_ip
             .map(|i| i.to_string())
             .unwrap_or_else(|| "-".into());
-        let (method, route, status, bytes) = (&self.method, self.route, self.status, self.bytes);
+        let (method, route) = (&self.method, self.route);
+        let (status, bytes) = (self.resp.status, self.resp.body.len());
         app.access_log.record(format_args!(
             "{request_id} {ip} {method} {route} {status} {bytes} {:.1}ms",
             self.started.elapsed().as_secs_f64() * 1000.0

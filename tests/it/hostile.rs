@@ -510,6 +510,80 @@ fn every_connection_of_a_burst_is_served_while_the_others_stay_open() {
 }
 
 #[test]
+fn responses_are_framed_for_heads_old_clients_and_large_bodies() {
+    // sessiond writes its responses itself (tiny_http patch 13); each of these framings is what
+    // tiny_http's own response path sent.
+    let server = Server::start();
+    let header = |resp: &Resp, name: &str| {
+        resp.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    // A HEAD gets the length of the body it does not get: the next response follows at once.
+    let mut s = connect(&server.addr);
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let raw = String::from_utf8(read_all(&mut s)).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(head.contains("\r\nContent-Length: 15"), "{raw}");
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(rest.ends_with("\r\n\r\n{\"status\":\"ok\"}"), "{raw}");
+    // An HTTP/1.0 client gets an HTTP/1.0 answer with its length, and the connection closes.
+    let mut s = connect(&server.addr);
+    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    let raw = String::from_utf8(read_all(&mut s)).unwrap();
+    assert!(raw.starts_with("HTTP/1.0 200 OK\r\n"), "{raw}");
+    assert!(raw.contains("\r\nContent-Length: 15\r\n"), "{raw}");
+    assert!(raw.ends_with("\r\n\r\n{\"status\":\"ok\"}"), "{raw}");
+    // A body of 32 KiB or more is sent chunked, and so is any body to a client that asks with TE.
+    let share = create_share(&server, &json!({ "port": 3000 }));
+    let now = share.body["createdAt"].clone();
+    let viewers: Vec<Value> = (0..400)
+        .map(|i| json!({ "id": format!("viewer-{i:03}"), "lastSeenAt": now, "requests": 1, "ip": "10.0.0.1" }))
+        .collect();
+    server
+        .post_auth(
+            &format!("/internal/sessions/by-slug/{}/viewers", share.slug),
+            GATEWAY_KEY,
+            &json!({ "viewers": viewers }),
+        )
+        .expect(200);
+    let view = format!(
+        "GET /sessions/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n",
+        share.id, share.owner_token
+    );
+    let big = raw_request(&server.addr, format!("{view}\r\n").as_bytes());
+    assert_eq!(big.status, 200);
+    assert!(big.body.len() >= 32768, "{}", big.body.len());
+    assert_eq!(
+        header(&big, "transfer-encoding").as_deref(),
+        Some("chunked")
+    );
+    assert_eq!(big.json()["activeViewers"].as_array().unwrap().len(), 400);
+    let asked = raw_request(
+        &server.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nTE: chunked\r\n\r\n",
+    );
+    assert_eq!(
+        header(&asked, "transfer-encoding").as_deref(),
+        Some("chunked")
+    );
+    assert_eq!(asked.json()["status"], "ok");
+    let plain = raw_request(&server.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(header(&plain, "content-length").as_deref(), Some("15"));
+    assert_eq!(header(&plain, "transfer-encoding"), None);
+    for name in ["server", "date", "content-type", "x-request-id"] {
+        assert!(
+            header(&plain, name).is_some(),
+            "{name}: {:?}",
+            plain.headers
+        );
+    }
+}
+
+#[test]
 fn responses_larger_than_the_write_buffer_are_not_held_back_on_keep_alive() {
     // tiny_http writes through a 1 KiB buffer, so a larger response leaves in two sends. Without
     // TCP_NODELAY the second waited for the client's delayed ACK: about 40 ms per response, on every

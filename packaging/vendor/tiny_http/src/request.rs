@@ -481,6 +481,93 @@ impl Request {
         res
     }
 
+    /// sessiond patch: answers with `status`, the `headers` given and `body`, as [`respond`] would
+    /// with a `Response` made of them, but written into one buffer with one call: no `Header` is
+    /// made (two allocations and a validation each), no header is formatted through `write!`, and
+    /// the `Date` header's text is made once a second per thread. A header whose name or value
+    /// holds a byte that is not visible ASCII, a space or a tab (a CR or LF above all) is left
+    /// out. `headers` must not hold framing headers (`Content-Length`, `Transfer-Encoding`,
+    /// `Connection` other than `close`, `Upgrade`, `Trailer`) nor `Server` or `Date`. What
+    /// `respond` would send chunked (a body of 32 KiB or more, or a request with a `TE` header,
+    /// to an HTTP/1.1 client) goes through `respond`.
+    ///
+    /// [`respond`]: Request::respond
+    pub fn respond_raw(
+        mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), IoError> {
+        let chunked = self.http_version > (1, 0)
+            && status >= 200
+            && status != 204
+            && (body.len() >= 32768 || self.headers.iter().any(|h| h.field.equiv("TE")));
+        if chunked {
+            let mut response = Response::from_data(body.to_vec()).with_status_code(status);
+            for (name, value) in headers {
+                if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                    response.add_header(h);
+                }
+            }
+            return self.respond(response);
+        }
+        let res = self.respond_raw_impl(status, headers, body);
+        if let Some(sender) = self.notify_when_responded.take() {
+            sender.send(()).unwrap();
+        }
+        res
+    }
+
+    fn respond_raw_impl(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(), IoError> {
+        let status_code = StatusCode(status);
+        let mut out = Vec::with_capacity(
+            128 + headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>() + body.len(),
+        );
+        let version = [b'0' + self.http_version.0 % 10, b'.', b'0' + self.http_version.1 % 10];
+        out.extend_from_slice(b"HTTP/");
+        out.extend_from_slice(&version);
+        out.push(b' ');
+        push_decimal(&mut out, status as usize);
+        out.push(b' ');
+        out.extend_from_slice(status_code.default_reason_phrase().as_bytes());
+        out.extend_from_slice(b"\r\nServer: tiny-http (Rust)\r\nDate: ");
+        crate::response::with_http_date(|date| out.extend_from_slice(date.as_bytes()));
+        out.extend_from_slice(b"\r\n");
+        let fits = |s: &str| s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+        for (name, value) in headers {
+            debug_assert!(
+                !["Content-Length", "Transfer-Encoding", "Upgrade", "Trailer", "Server", "Date"]
+                    .iter()
+                    .any(|n| n.eq_ignore_ascii_case(name)),
+                "{}",
+                name
+            );
+            if !name.is_empty() && !name.contains(':') && fits(name) && fits(value) {
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out.extend_from_slice(b"Content-Length: ");
+        push_decimal(&mut out, body.len());
+        out.extend_from_slice(b"\r\n\r\n");
+        // 1xx, 204 and 304 carry no body, nor does the answer to a HEAD.
+        let no_body =
+            self.method == Method::Head || matches!(status, 100..=199 | 204 | 304);
+        if !no_body {
+            out.extend_from_slice(body);
+        }
+        let mut writer = self.extract_writer_impl();
+        Self::ignore_client_closing_errors(writer.write_all(&out))?;
+        Self::ignore_client_closing_errors(writer.flush())
+    }
+
     fn respond_impl<R>(&mut self, response: Response<R>) -> Result<(), IoError>
     where
         R: Read,
@@ -514,6 +601,21 @@ impl Request {
         self.notify_when_responded = Some(sender);
         self
     }
+}
+
+/// sessiond patch: `n` in decimal at the end of `out`.
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 impl fmt::Debug for Request {
