@@ -9,15 +9,17 @@
 //! `RUST_LOG` enables `sessiond::access` at info. When the queue is full (the destination is stuck)
 //! a line is dropped and counted (`sessiond_access_log_dropped_total`); the request goes on.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io::Write;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError, bounded};
 
-use crate::domain::time::{now_ms, rfc3339};
+use crate::domain::time::{now_ms, push_rfc3339};
 
 /// Lines that may wait for the writing thread.
 const QUEUE: usize = 65_536;
@@ -83,17 +85,17 @@ impl AccessLog {
     }
 
     /// Queues one line (or logs it inline when the thread is off but the target is enabled).
-    pub fn record(&self, args: fmt::Arguments) {
+    pub fn record(&self, entry: &Entry) {
         let Some(tx) = &self.sender else {
-            log::info!(target: "sessiond::access", "{args}");
+            log::info!(target: "sessiond::access", "{entry}");
             return;
         };
         let mut line = String::with_capacity(160);
-        let _ = writeln!(
-            line,
-            "[{} INFO  sessiond::access] {args}",
-            rfc3339(now_ms())
-        );
+        line.push('[');
+        push_rfc3339(&mut line, now_ms());
+        line.push_str(" INFO  sessiond::access] ");
+        entry.push_to(&mut line);
+        line.push('\n');
         match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -102,7 +104,6 @@ impl AccessLog {
         }
     }
 
-    /// Writes what is queued and stops the thread (at shutdown, after the last request).
     pub fn finish(&self) {
         let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
@@ -111,5 +112,125 @@ impl AccessLog {
             let _ = tx.send(String::new());
         }
         let _ = thread.join();
+    }
+}
+
+/// One answered request, as its access log line tells it:
+/// `<request id> <client ip or -> <method> <route template> <status> <body bytes> <time>ms`.
+pub struct Entry<'a> {
+    pub request_id: &'a str,
+    pub client_ip: Option<IpAddr>,
+    pub method: &'a str,
+    pub route: &'a str,
+    pub status: u16,
+    pub bytes: usize,
+    pub took: Duration,
+}
+
+impl Entry<'_> {
+    /// Appends the line's text (without its prefix and newline), digit by digit: through
+    /// `format_args!` the line cost about 4,000 instructions, a tenth of a `GET /sessions/:id`.
+    fn push_to(&self, out: &mut String) {
+        out.push_str(self.request_id);
+        out.push(' ');
+        match self.client_ip {
+            Some(IpAddr::V4(ip)) => {
+                for (i, octet) in ip.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    push_decimal(out, octet.into());
+                }
+            }
+            Some(ip) => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "{ip}");
+            }
+            None => out.push('-'),
+        }
+        out.push(' ');
+        out.push_str(self.method);
+        out.push(' ');
+        out.push_str(self.route);
+        out.push(' ');
+        push_decimal(out, self.status.into());
+        out.push(' ');
+        push_decimal(out, self.bytes as u64);
+        out.push(' ');
+        // Milliseconds to one decimal, rounded.
+        let tenths = (self.took.as_micros() as u64 + 50) / 100;
+        push_decimal(out, tenths / 10);
+        out.push('.');
+        push_decimal(out, tenths % 10);
+        out.push_str("ms");
+    }
+}
+
+impl fmt::Display for Entry<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut line = String::with_capacity(96);
+        self.push_to(&mut line);
+        f.write_str(&line)
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_reads_as_the_formatted_line_did() {
+        let mut entry = Entry {
+            request_id: "9c106a9700000000",
+            client_ip: Some([10, 0, 255, 7].into()),
+            method: "GET",
+            route: "/sessions/:id",
+            status: 200,
+            bytes: 720,
+            took: Duration::from_micros(1_249),
+        };
+        let formatted = |e: &Entry| {
+            let ip = e.client_ip.map_or("-".into(), |i| i.to_string());
+            format!(
+                "{} {ip} {} {} {} {} {:.1}ms",
+                e.request_id,
+                e.method,
+                e.route,
+                e.status,
+                e.bytes,
+                e.took.as_secs_f64() * 1000.0
+            )
+        };
+        assert_eq!(
+            entry.to_string(),
+            "9c106a9700000000 10.0.255.7 GET /sessions/:id 200 720 1.2ms"
+        );
+        for (ip, micros) in [
+            (None, 0),
+            (Some("::1".parse().unwrap()), 99_940),
+            (Some("0.0.0.0".parse().unwrap()), 1_000_000_000),
+            (Some("2001:db8::7".parse().unwrap()), 12_340),
+        ] {
+            entry.client_ip = ip;
+            entry.took = Duration::from_micros(micros);
+            entry.status = 503;
+            entry.bytes = 0;
+            assert_eq!(entry.to_string(), formatted(&entry));
+        }
     }
 }

@@ -773,16 +773,15 @@ impl Prepared {
         if let Err(e) = write_response(self.request, &self.resp, id) {
             log::debug!("could not write the response [{request_id}]: {e}");
         }
-        let ip = self
-            .client_ip
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "-".into());
-        let (method, route) = (&self.method, self.route);
-        let (status, bytes) = (self.resp.status, self.resp.body.len());
-        app.access_log.record(format_args!(
-            "{request_id} {ip} {method} {route} {status} {bytes} {:.1}ms",
-            self.started.elapsed().as_secs_f64() * 1000.0
-        ));
+        app.access_log.record(&crate::access_log::Entry {
+            request_id,
+            client_ip: self.client_ip,
+            method: &self.method,
+            route: self.route,
+            status: self.resp.status,
+            bytes: self.resp.body.len(),
+            took: self.started.elapsed(),
+        });
     }
 }
 

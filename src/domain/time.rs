@@ -18,36 +18,44 @@ pub fn now_ms() -> Millis {
 
 /// `2026-03-03T15:30:00.000Z`
 pub fn rfc3339(ms: Millis) -> String {
+    let mut out = String::with_capacity(24);
+    push_rfc3339(&mut out, ms);
+    out
+}
+
+/// Appends [`rfc3339`]'s text of `ms` to `out`.
+pub fn push_rfc3339(out: &mut String, ms: Millis) {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     if !(0..=9999).contains(&y) {
-        return format!(
+        use std::fmt::Write as _;
+        let _ = write!(
+            out,
             "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
             sod / 3600,
             (sod / 60) % 60,
             sod % 60
         );
+        return;
     }
     // Every response carries timestamps: written digit by digit, without the formatting machinery.
-    let mut out = String::with_capacity(24);
-    push_padded(&mut out, y, 4);
+    push_padded(out, y, 4);
     out.push('-');
-    push_padded(&mut out, m, 2);
+    push_padded(out, m, 2);
     out.push('-');
-    push_padded(&mut out, d, 2);
+    push_padded(out, d, 2);
     out.push('T');
-    push_padded(&mut out, sod / 3600, 2);
+    push_padded(out, sod / 3600, 2);
     out.push(':');
-    push_padded(&mut out, (sod / 60) % 60, 2);
+    push_padded(out, (sod / 60) % 60, 2);
     out.push(':');
-    push_padded(&mut out, sod % 60, 2);
+    push_padded(out, sod % 60, 2);
     out.push('.');
-    push_padded(&mut out, millis, 3);
+    push_padded(out, millis, 3);
     out.push('Z');
-    out
 }
 
 /// Appends `value` (0 ≤ value < 10^width) with leading zeros to `width` digits.
