@@ -874,12 +874,25 @@ fn request_id(app: &App, request: &tiny_http::Request) -> String {
         });
     match given {
         Some(v) => v.to_string(),
-        None => format!(
-            "{}{:08x}",
-            app.request_prefix,
-            app.request_seq.fetch_add(1, Ordering::Relaxed)
+        None => generated_request_id(
+            &app.request_prefix,
+            app.request_seq.fetch_add(1, Ordering::Relaxed),
         ),
     }
+}
+
+/// `prefix` and then `seq` in eight or more hex digits: `format!("{prefix}{seq:08x}")`, written by
+/// hand (the formatting machinery cost a thousand instructions a request).
+fn generated_request_id(prefix: &str, seq: u64) -> String {
+    let digits = (16 - seq.leading_zeros() as usize / 4).max(8);
+    let mut id = String::with_capacity(prefix.len() + digits);
+    id.push_str(prefix);
+    id.extend(
+        (0..digits)
+            .rev()
+            .map(|d| char::from(b"0123456789abcdef"[(seq >> (4 * d)) as usize & 15])),
+    );
+    id
 }
 
 /// Reads the body, refusing more than `max` bytes with 413 before reading them when the length is
@@ -946,12 +959,20 @@ fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
 
 /// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
 pub fn percent_decode(s: &str) -> Option<String> {
+    // Most segments (ids, slugs, route words) have nothing to decode.
+    if !s.contains('%') {
+        return Some(s.to_string());
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
+            // Two hex digits (`from_str_radix` alone would take a sign too: `%+f`).
             let hex = s.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -1114,5 +1135,27 @@ mod tests {
         assert_eq!(percent_decode("%"), None);
         assert_eq!(percent_decode("%ff"), None);
         assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(percent_decode("%+f"), None);
+        assert_eq!(percent_decode("%-1"), None);
+        assert_eq!(percent_decode("sess_0a").as_deref(), Some("sess_0a"));
+        assert_eq!(percent_decode("").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn generated_request_ids_are_the_prefix_and_eight_or_more_hex_digits() {
+        for seq in [
+            0,
+            1,
+            0xabc,
+            0xffff_ffff,
+            0x1_0000_0000,
+            0x0123_4567_89ab_cdef,
+            u64::MAX,
+        ] {
+            assert_eq!(
+                generated_request_id("9c106a97", seq),
+                format!("9c106a97{seq:08x}")
+            );
+        }
     }
 }
