@@ -65,6 +65,11 @@ where
 {
     fn drop(&mut self) {
         let mut remaining_to_read = self.size;
+        // sessiond patch: nothing to drain, nothing to do (the loop below would not run), without
+        // zeroing the drain buffer first: 4,000 instructions for every request with a body.
+        if remaining_to_read == 0 {
+            return;
+        }
 
         // sessiond patch: drain through a fixed buffer. Upstream allocated the whole declared
         // remainder (`vec![0; remaining_to_read]`), so one request with a huge Content-Length
