@@ -20,6 +20,7 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, TrySendError, bounded};
 
 use crate::domain::time::{now_ms, push_rfc3339};
+use crate::text::{push_decimal, push_ip};
 
 /// Lines that may wait for the writing thread.
 const QUEUE: usize = 65_536;
@@ -134,18 +135,7 @@ impl Entry<'_> {
         out.push_str(self.request_id);
         out.push(' ');
         match self.client_ip {
-            Some(IpAddr::V4(ip)) => {
-                for (i, octet) in ip.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        out.push('.');
-                    }
-                    push_decimal(out, octet.into());
-                }
-            }
-            Some(ip) => {
-                use std::fmt::Write as _;
-                let _ = write!(out, "{ip}");
-            }
+            Some(ip) => push_ip(out, ip),
             None => out.push('-'),
         }
         out.push(' ');
@@ -172,21 +162,6 @@ impl fmt::Display for Entry<'_> {
         self.push_to(&mut line);
         f.write_str(&line)
     }
-}
-
-/// Appends `n` in decimal.
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 #[cfg(test)]

@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod reaper;
 pub mod routes;
 pub mod server;
+pub mod text;
 pub mod viewers;

@@ -145,7 +145,7 @@ impl Req {
     }
 
     pub fn client_ip_string(&self) -> Option<String> {
-        self.client_ip.map(|ip| ip.to_string())
+        self.client_ip.map(crate::text::ip_string)
     }
 }
 
