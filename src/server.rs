@@ -97,6 +97,11 @@ impl Ctx<'_> {
     }
 }
 
+/// The request headers sessiond reads, in lower case: only these reach [`Req::header`] (and
+/// [`client_ip`]) from the wire. A handler that needs another adds it here; `Req::header` asserts
+/// it in debug builds.
+pub const READ_HEADERS: [&str; 3] = ["authorization", "x-chaser-account", "x-forwarded-for"];
+
 /// A request as handlers see it.
 pub struct Req {
     pub method: String,
@@ -106,7 +111,7 @@ pub struct Req {
     pub segments: Vec<String>,
     /// Query parameters, percent-decoded, in order.
     pub query: Vec<(String, String)>,
-    /// Header names in lower case.
+    /// Header names in lower case; from the wire, only [`READ_HEADERS`].
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     /// The address of the other end of the TCP connection.
@@ -118,6 +123,10 @@ pub struct Req {
 
 impl Req {
     pub fn header(&self, name: &str) -> Option<&str> {
+        debug_assert!(
+            READ_HEADERS.contains(&name),
+            "{name} is not in READ_HEADERS"
+        );
         self.headers
             .iter()
             .find(|(k, _)| k == name)
@@ -714,14 +723,14 @@ fn prepare(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Reques
     let method = request.method().as_str().to_ascii_uppercase();
     let url = request.url().to_string();
     let peer = request.remote_addr().map(|a| a.ip());
+    // Only the headers something reads are copied (two allocations each).
     let headers: Vec<(String, String)> = request
         .headers()
         .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_ascii_lowercase(),
-                h.value.as_str().to_string(),
-            )
+        .filter_map(|h| {
+            let name = h.field.as_str().as_str();
+            let read = READ_HEADERS.iter().find(|r| r.eq_ignore_ascii_case(name))?;
+            Some((read.to_string(), h.value.as_str().to_string()))
         })
         .collect();
     let client_ip = client_ip(&app.cfg, peer, &headers);
@@ -790,7 +799,7 @@ pub struct Incoming {
     pub method: String,
     /// The request target: path and query string.
     pub url: String,
-    /// Header names in lower case.
+    /// Header names in lower case ([`prepare`] passes only [`READ_HEADERS`]).
     pub headers: Vec<(String, String)>,
     /// The body, or why it could not be read (too large, broken).
     pub body: Result<Vec<u8>>,

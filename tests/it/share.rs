@@ -1049,6 +1049,12 @@ fn request_ids_and_access_log() {
     server
         .get_auth(&format!("/sessions/{}", s.id), &s.owner_token)
         .expect(200);
+    // Header names match in any case.
+    let raw = format!(
+        "GET /sessions/{} HTTP/1.1\r\nhOsT: x\r\naUTHORIZATION: Bearer {}\r\nConnection: close\r\n\r\n",
+        s.id, s.owner_token
+    );
+    assert_eq!(raw_request(&server.addr, raw.as_bytes()).status, 200);
     assert!(eventually(std::time::Duration::from_secs(5), || server
         .log_text()
         .contains("GET /sessions/:id 200")));
