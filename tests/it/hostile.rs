@@ -509,6 +509,23 @@ fn every_connection_of_a_burst_is_served_while_the_others_stay_open() {
     }
 }
 
+/// A share whose full view lists `n` viewers (a gateway's snapshot), for large responses.
+fn share_with_viewers(server: &Server, n: usize) -> Share {
+    let share = create_share(server, &json!({ "port": 3000 }));
+    let now = share.body["createdAt"].clone();
+    let viewers: Vec<Value> = (0..n)
+        .map(|i| json!({ "id": format!("viewer-{i:03}"), "lastSeenAt": now, "requests": 1, "ip": "10.0.0.1" }))
+        .collect();
+    server
+        .post_auth(
+            &format!("/internal/sessions/by-slug/{}/viewers", share.slug),
+            GATEWAY_KEY,
+            &json!({ "viewers": viewers }),
+        )
+        .expect(200);
+    share
+}
+
 #[test]
 fn responses_are_framed_for_heads_old_clients_and_large_bodies() {
     // sessiond writes its responses itself (tiny_http patch 13); each of these framings is what
@@ -538,18 +555,7 @@ fn responses_are_framed_for_heads_old_clients_and_large_bodies() {
     assert!(raw.contains("\r\nContent-Length: 15\r\n"), "{raw}");
     assert!(raw.ends_with("\r\n\r\n{\"status\":\"ok\"}"), "{raw}");
     // A body of 32 KiB or more is sent chunked, and so is any body to a client that asks with TE.
-    let share = create_share(&server, &json!({ "port": 3000 }));
-    let now = share.body["createdAt"].clone();
-    let viewers: Vec<Value> = (0..400)
-        .map(|i| json!({ "id": format!("viewer-{i:03}"), "lastSeenAt": now, "requests": 1, "ip": "10.0.0.1" }))
-        .collect();
-    server
-        .post_auth(
-            &format!("/internal/sessions/by-slug/{}/viewers", share.slug),
-            GATEWAY_KEY,
-            &json!({ "viewers": viewers }),
-        )
-        .expect(200);
+    let share = share_with_viewers(&server, 400);
     let view = format!(
         "GET /sessions/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n",
         share.id, share.owner_token
@@ -589,18 +595,7 @@ fn responses_larger_than_the_write_buffer_are_not_held_back_on_keep_alive() {
     // TCP_NODELAY the second waited for the client's delayed ACK: about 40 ms per response, on every
     // full view with viewers, every listing. 50 of them would take 2 s on that alone.
     let server = Server::start();
-    let s = create_share(&server, &json!({ "port": 3000 }));
-    let now = s.body["createdAt"].clone();
-    let viewers: Vec<Value> = (0..20)
-        .map(|i| json!({ "id": format!("viewer-{i:02}"), "lastSeenAt": now, "requests": 1, "ip": "10.0.0.1" }))
-        .collect();
-    server
-        .post_auth(
-            &format!("/internal/sessions/by-slug/{}/viewers", s.slug),
-            GATEWAY_KEY,
-            &json!({ "viewers": viewers }),
-        )
-        .expect(200);
+    let s = share_with_viewers(&server, 20);
     let mut conn = connect(&server.addr);
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     let request = format!(
