@@ -488,8 +488,8 @@ impl Request {
     /// holds a byte that is not visible ASCII, a space or a tab (a CR or LF above all) is left
     /// out. `headers` must not hold framing headers (`Content-Length`, `Transfer-Encoding`,
     /// `Connection` other than `close`, `Upgrade`, `Trailer`) nor `Server` or `Date`. What
-    /// `respond` would send chunked (a body of 32 KiB or more, or a request with a `TE` header,
-    /// to an HTTP/1.1 client) goes through `respond`.
+    /// `respond` would send chunked (a body of 32 KiB or more, or one a `TE` header asks to chunk,
+    /// to an HTTP/1.1 client; `respond`'s own decision) goes through `respond`.
     ///
     /// [`respond`]: Request::respond
     pub fn respond_raw(
@@ -498,11 +498,13 @@ impl Request {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<(), IoError> {
-        let chunked = self.http_version > (1, 0)
-            && status >= 200
-            && status != 204
-            && (body.len() >= 32768 || self.headers.iter().any(|h| h.field.equiv("TE")));
-        if chunked {
+        let identity = crate::response::sends_identity(
+            status,
+            &self.headers,
+            &self.http_version,
+            body.len(),
+        );
+        if !identity {
             let mut response = Response::from_data(body.to_vec()).with_status_code(status);
             for (name, value) in headers {
                 if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {

@@ -129,6 +129,31 @@ where
     Ok(())
 }
 
+/// sessiond patch: whether `respond` would send a body of `length` bytes with `Content-Length`
+/// (identity) rather than chunked, for `Request::respond_raw`: the same decision, with the
+/// default chunking threshold.
+pub(crate) fn sends_identity(
+    status: u16,
+    request_headers: &[Header],
+    http_version: &HTTPVersion,
+    length: usize,
+) -> bool {
+    matches!(
+        choose_transfer_encoding(
+            StatusCode(status),
+            request_headers,
+            http_version,
+            &Some(length),
+            false,
+            DEFAULT_CHUNKED_THRESHOLD,
+        ),
+        TransferEncoding::Identity
+    )
+}
+
+/// The size from which a body of known length is sent chunked, unless the response sets another.
+const DEFAULT_CHUNKED_THRESHOLD: usize = 32768;
+
 fn choose_transfer_encoding(
     status_code: StatusCode,
     request_headers: &[Header],
@@ -263,7 +288,7 @@ where
     /// chunked transfer is mutually exclusive with sending a
     /// `Content-Length` header as per the HTTP spec.
     pub fn chunked_threshold(&self) -> usize {
-        self.chunked_threshold.unwrap_or(32768)
+        self.chunked_threshold.unwrap_or(DEFAULT_CHUNKED_THRESHOLD)
     }
 
     /// Adds a header to the list.
