@@ -2,7 +2,7 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Reader, Tx, is_unique_violation};
+use super::{Held, Reader, Tx, is_unique_violation};
 use crate::domain::share::{AuthMode, Policy, Share, new_slug};
 use crate::domain::time::Millis;
 use crate::error::{Error, Result};
@@ -108,11 +108,9 @@ impl Reader {
             share_columns!(),
             " FROM sessions s JOIN shares sh ON sh.session_id = s.id WHERE s.uid = ?1"
         );
-        Ok(self
-            .conn
-            .prepare_cached(sql)?
-            .query_row([uid], share_from_row)
-            .optional()?)
+        self.held(Held::ShareByUid, sql, |stmt| {
+            stmt.query_row([uid], share_from_row).optional()
+        })
     }
 
     pub fn share_by_slug(&self, slug: &str) -> Result<Option<Share>> {
@@ -121,11 +119,9 @@ impl Reader {
             share_columns!(),
             " FROM shares sh JOIN sessions s ON s.id = sh.session_id WHERE sh.slug = ?1"
         );
-        Ok(self
-            .conn
-            .prepare_cached(sql)?
-            .query_row([slug], share_from_row)
-            .optional()?)
+        self.held(Held::ShareBySlug, sql, |stmt| {
+            stmt.query_row([slug], share_from_row).optional()
+        })
     }
 
     pub fn share_viewers(&self, session_id: i64) -> Result<Vec<ViewerRow>> {
