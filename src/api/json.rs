@@ -8,32 +8,33 @@
 //! what serde_json writes for the same values (its compact format, its escapes); a unit test holds
 //! the two together.
 
-use serde::Serialize;
+use crate::domain::time::{Millis, push_rfc3339};
+use crate::text::push_decimal;
 
 /// One JSON object being written: `{`, then fields in the order they are added, then `}`.
 pub struct Obj {
-    out: Vec<u8>,
+    out: String,
     empty: bool,
 }
 
 impl Obj {
     /// An object whose text is expected to need about `capacity` bytes.
     pub fn with_capacity(capacity: usize) -> Obj {
-        let mut out = Vec::with_capacity(capacity);
-        out.push(b'{');
+        let mut out = String::with_capacity(capacity);
+        out.push('{');
         Obj { out, empty: true }
     }
 
     /// Writes `"key":`. Keys are the views' own constant names, which need no escaping.
-    fn key(&mut self, key: &'static str) -> &mut Vec<u8> {
+    fn key(&mut self, key: &'static str) -> &mut String {
         debug_assert!(!needs_escape(key.as_bytes()), "{key}");
         if !self.empty {
-            self.out.push(b',');
+            self.out.push(',');
         }
         self.empty = false;
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
+        self.out.push('"');
+        self.out.push_str(key);
+        self.out.push_str("\":");
         &mut self.out
     }
 
@@ -50,60 +51,131 @@ impl Obj {
         self
     }
 
-    pub fn bool(&mut self, key: &'static str, value: bool) -> &mut Obj {
+    /// `value` as a string, or `null`.
+    pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) -> &mut Obj {
+        match value {
+            Some(value) => self.str(key, value),
+            None => {
+                self.key(key).push_str("null");
+                self
+            }
+        }
+    }
+
+    /// A time as an RFC 3339 string (`time::rfc3339`).
+    pub fn time(&mut self, key: &'static str, ms: Millis) -> &mut Obj {
         let out = self.key(key);
-        out.extend_from_slice(if value { b"true" } else { b"false" });
+        out.push('"');
+        push_rfc3339(out, ms);
+        out.push('"');
         self
     }
 
-    /// Any other value, written by serde_json (small objects and arrays).
-    pub fn value<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> &mut Obj {
-        let out = self.key(key);
-        if serde_json::to_writer(&mut *out, value).is_err() {
-            out.extend_from_slice(b"null");
-        }
+    pub fn bool(&mut self, key: &'static str, value: bool) -> &mut Obj {
+        self.key(key).push_str(if value { "true" } else { "false" });
         self
+    }
+
+    pub fn int(&mut self, key: &'static str, value: i64) -> &mut Obj {
+        let out = self.key(key);
+        if value < 0 {
+            out.push('-');
+        }
+        push_decimal(out, value.unsigned_abs());
+        self
+    }
+
+    /// An array of strings.
+    pub fn strs<S: AsRef<str>>(&mut self, key: &'static str, items: &[S]) -> &mut Obj {
+        let out = self.key(key);
+        out.push('[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            string(out, &[item.as_ref()]);
+        }
+        out.push(']');
+        self
+    }
+
+    /// An object, its fields written by `fields`.
+    pub fn object(&mut self, key: &'static str, fields: impl FnOnce(&mut Obj)) -> &mut Obj {
+        self.key(key);
+        self.nested(fields);
+        self
+    }
+
+    /// An array of objects, one per item, each item's fields written by `fields`.
+    pub fn objects<T>(
+        &mut self,
+        key: &'static str,
+        items: impl IntoIterator<Item = T>,
+        mut fields: impl FnMut(&mut Obj, T),
+    ) -> &mut Obj {
+        self.key(key).push('[');
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            self.nested(|o| fields(o, item));
+        }
+        self.out.push(']');
+        self
+    }
+
+    /// Writes `{`, the fields `fields` adds, and `}` into this object's text.
+    fn nested(&mut self, fields: impl FnOnce(&mut Obj)) {
+        let mut inner = Obj {
+            out: std::mem::take(&mut self.out),
+            empty: true,
+        };
+        inner.out.push('{');
+        fields(&mut inner);
+        inner.out.push('}');
+        self.out = inner.out;
     }
 
     /// The finished object's text.
     pub fn finish(mut self) -> Vec<u8> {
-        self.out.push(b'}');
-        self.out
+        self.out.push('}');
+        self.out.into_bytes()
     }
 }
 
 /// Appends the JSON string of `parts` joined.
-fn string(out: &mut Vec<u8>, parts: &[&str]) {
-    out.push(b'"');
+fn string(out: &mut String, parts: &[&str]) {
+    out.push('"');
     for part in parts {
-        escaped(out, part.as_bytes());
+        escaped(out, part);
     }
-    out.push(b'"');
+    out.push('"');
 }
 
-/// Appends `bytes` (UTF-8) escaped as serde_json escapes them: `"` and `\` with a backslash,
-/// the controls that have a short escape with it, the other controls as `\u00xx`.
-fn escaped(out: &mut Vec<u8>, bytes: &[u8]) {
-    if !needs_escape(bytes) {
-        out.extend_from_slice(bytes);
+/// Appends `text` escaped as serde_json escapes it: `"` and `\\` with a backslash, the controls
+/// that have a short escape with it, the other controls as `\u00xx`.
+fn escaped(out: &mut String, text: &str) {
+    if !needs_escape(text.as_bytes()) {
+        out.push_str(text);
         return;
     }
-    for &b in bytes {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            0..=0x1f => {
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\0'..='\u{1f}' => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 0xf)]);
+                let b = c as u8;
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xf)]));
             }
-            _ => out.push(b),
+            _ => out.push(c),
         }
     }
 }
@@ -196,12 +268,12 @@ mod tests {
             cases.push(s);
         }
         for s in &cases {
-            let mut ours = Vec::new();
+            let mut ours = String::new();
             string(&mut ours, &[s]);
-            assert_eq!(ours, serde_string(s), "{s:?}");
+            assert_eq!(ours.as_bytes(), serde_string(s), "{s:?}");
             // Split anywhere on a character boundary, joined parts write the same string.
             for (i, _) in s.char_indices() {
-                let mut joined = Vec::new();
+                let mut joined = String::new();
                 string(&mut joined, &[&s[..i], &s[i..]]);
                 assert_eq!(joined, ours, "{s:?} split at {i}");
             }
@@ -214,32 +286,48 @@ mod tests {
         o.str("id", "a\"b")
             .joined("url", &["https://x", "/s/", "slug"])
             .bool("closed", false)
-            .value(
-                "policy",
-                &serde_json::json!({ "public": true, "blockPaths": ["/a"] }),
+            .object("policy", |p| {
+                p.bool("public", true)
+                    .int("max", -42)
+                    .strs("blockPaths", &["/a", "/\\b"]);
+            })
+            .object("empty", |_| {})
+            .strs::<&str>("none", &[])
+            .objects(
+                "viewers",
+                [("v1", Some("10.0.0.1")), ("v\n2", None)],
+                |o, (id, ip)| {
+                    o.str("id", id).opt_str("ip", ip).int("requests", 0);
+                },
             )
-            .value("ids", &["x", "y"])
+            .objects("noViewers", std::iter::empty::<()>(), |_, _| {})
+            .time("at", 1_772_551_800_123)
+            .int("big", i64::MIN)
             .bool("available", true);
-        let expected = serde_json::to_vec(&serde_json::json!({
+        let expected = serde_json::json!({
             "id": "a\"b",
             "url": "https://x/s/slug",
             "closed": false,
-            "policy": { "public": true, "blockPaths": ["/a"] },
-            "ids": ["x", "y"],
+            "policy": { "public": true, "max": -42, "blockPaths": ["/a", "/\\b"] },
+            "empty": {},
+            "none": [],
+            "viewers": [
+                { "id": "v1", "ip": "10.0.0.1", "requests": 0 },
+                { "id": "v\n2", "ip": null, "requests": 0 },
+            ],
+            "noViewers": [],
+            "at": "2026-03-03T15:30:00.123Z",
+            "big": i64::MIN,
             "available": true,
-        }))
-        .unwrap();
-        // serde_json's own map sorts its keys; compare as values, and the order separately.
-        let ours = o.finish();
-        let parsed: serde_json::Value = serde_json::from_slice(&ours).unwrap();
-        assert_eq!(
-            parsed,
-            serde_json::from_slice::<serde_json::Value>(&expected).unwrap()
-        );
+        });
+        // serde_json's own map sorts its keys: compared as values, and the text (our order) with
+        // the literal serde_json writes for the fields in that order.
+        let ours = String::from_utf8(o.finish()).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(&ours).unwrap();
+        assert_eq!(parsed, expected);
         assert!(
-            String::from_utf8(ours)
-                .unwrap()
-                .starts_with(r#"{"id":"a\"b","url":"https://x/s/slug","closed":false,"policy":{"#)
+            ours.starts_with(r#"{"id":"a\"b","url":"https://x/s/slug","closed":false,"policy":{"public":true,"max":-42,"blockPaths":["/a","/\\b"]},"empty":{},"none":[],"viewers":[{"id":"v1","ip":"10.0.0.1","requests":0},{"id":"v\n2","ip":null,"requests":0}],"noViewers":[],"at":"2026-03-03T15:30:00.123Z","big":-9223372036854775808,"available":true}"#),
+            "{ours}"
         );
         assert_eq!(Obj::with_capacity(0).finish(), b"{}");
     }

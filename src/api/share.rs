@@ -20,7 +20,7 @@ use crate::domain::time::{parse_rfc3339, rfc3339};
 use crate::domain::{Actor, ActorType, AuditEntry};
 use crate::error::{Error, Result};
 use crate::server::{Ctx, Req, Resp};
-use crate::viewers::{AdmitRequest, LiveViewer, Loaded, ReportedViewer};
+use crate::viewers::{AdmitRequest, Loaded, ReportedViewer};
 
 const NOT_FOUND: &str = "Session not found";
 const UNAUTHORIZED: &str = "Unauthorized";
@@ -183,37 +183,19 @@ fn loader<'a>(db: &'a Reader, session_id: i64) -> impl Fn() -> Result<Loaded> + 
 // ---------------------------------------------------------------------------------------------
 // Views
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PolicyView<'a> {
-    public: bool,
-    max_concurrent_viewers: i64,
-    block_paths: &'a [String],
-    password: &'static str,
-}
-
-impl<'a> PolicyView<'a> {
-    fn of(p: &'a Policy) -> PolicyView<'a> {
-        PolicyView {
-            public: p.public,
-            max_concurrent_viewers: p.max_viewers,
-            block_paths: &p.block_paths,
-            password: if p.password_hash.is_some() {
+/// A policy's fields, as the full view and the policy update show them.
+fn policy_fields(o: &mut Obj, p: &Policy) {
+    o.bool("public", p.public)
+        .int("maxConcurrentViewers", p.max_viewers)
+        .strs("blockPaths", &p.block_paths)
+        .str(
+            "password",
+            if p.password_hash.is_some() {
                 MASKED_PASSWORD
             } else {
                 ""
             },
-        }
-    }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ViewerView {
-    id: String,
-    last_seen_at: String,
-    requests: i64,
-    ip: Option<String>,
+        );
 }
 
 /// A share's URLs, as parts for `json::Obj::joined` (written without being joined first).
@@ -269,30 +251,23 @@ fn full_view(ctx: &Ctx, share: &Share, owner_token: Option<&str>) -> Result<Resp
     o.joined("overlayScriptUrl", &u.overlay_script_url)
         .joined("publicUrl", &u.public_url)
         .joined("edgeUrl", &u.edge_url)
-        .str("expiresAt", &rfc3339(share.expires_at))
-        .str("createdAt", &rfc3339(share.created_at))
+        .time("expiresAt", share.expires_at)
+        .time("createdAt", share.created_at)
         .str("authMode", share.auth_mode.as_str())
-        .value("policy", &PolicyView::of(&share.policy))
-        .value(
-            "activeViewers",
-            &viewers.into_iter().map(viewer_view).collect::<Vec<_>>(),
-        )
-        .value("kickedViewerIds", &kicked)
+        .object("policy", |o| policy_fields(o, &share.policy))
+        .objects("activeViewers", &viewers, |o, v| {
+            o.str("id", &v.id)
+                .time("lastSeenAt", v.last_seen_at)
+                .int("requests", v.requests)
+                .opt_str("ip", v.ip.as_deref());
+        })
+        .strs("kickedViewerIds", &kicked)
         .bool("closed", share.closed);
     if share.auth_mode == AuthMode::Basic {
         o.str("username", BASIC_USERNAME);
     }
     o.bool("available", share.available(ctx.now));
     Ok(Resp::json_written(200, o.finish()))
-}
-
-fn viewer_view(v: LiveViewer) -> ViewerView {
-    ViewerView {
-        id: v.id,
-        last_seen_at: rfc3339(v.last_seen_at),
-        requests: v.requests,
-        ip: v.ip,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -591,10 +566,10 @@ pub fn set_policy(ctx: &Ctx, req: &Req, slug: &str, via: Via) -> Result<Resp> {
     if change != PasswordChange::Keep {
         ctx.app.viewers.reset_passwords(id);
     }
-    Ok(Resp::json(
-        200,
-        &json!({ "ok": true, "policy": PolicyView::of(&policy) }),
-    ))
+    let mut o = Obj::with_capacity(256);
+    o.bool("ok", true)
+        .object("policy", |o| policy_fields(o, &policy));
+    Ok(Resp::json_written(200, o.finish()))
 }
 
 /// `POST …/by-slug/:slug/kick`
