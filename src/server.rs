@@ -135,9 +135,10 @@ impl Req {
 
     /// The token of `Authorization: Bearer <token>`.
     pub fn bearer(&self) -> Option<&str> {
+        // By bytes: `split_once(' ')` took 150 instructions (a char searcher's setup) per call.
         let value = self.header("authorization")?;
-        let (scheme, token) = value.split_once(' ')?;
-        let token = token.trim();
+        let (scheme, rest) = value.split_at_checked(6)?;
+        let token = rest.strip_prefix(' ')?.trim();
         (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
     }
 
@@ -744,8 +745,12 @@ fn prepare(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Reques
         client_ip,
         request_id,
     };
-    let (method, request_id) = (incoming.method.clone(), incoming.request_id.clone());
-    let (route, resp) = respond(app, db, incoming);
+    let Answered {
+        route,
+        resp,
+        method,
+        request_id,
+    } = answer_incoming(app, db, incoming);
     if resp.status == 500 {
         log::error!("500 for {method} {route} [{request_id}]");
     }
@@ -811,61 +816,98 @@ pub struct Incoming {
 /// Routes one request and answers it: the route template (for logs and metrics) and the response.
 /// A panic in a handler is contained here and answered 500. The fuzz targets call this directly.
 pub fn respond(app: &App, db: &Reader, incoming: Incoming) -> (&'static str, Resp) {
+    let answered = answer_incoming(app, db, incoming);
+    (answered.route, answered.resp)
+}
+
+/// What [`respond`] answers, with the request's method and id handed back for the access log (a
+/// copy of each made before the request was handed over cost two allocations a request).
+struct Answered {
+    route: &'static str,
+    resp: Resp,
+    method: String,
+    request_id: String,
+}
+
+fn answer_incoming(app: &App, db: &Reader, incoming: Incoming) -> Answered {
     let Incoming {
         method,
-        url,
+        mut url,
         headers,
         body,
         peer,
         client_ip,
         request_id,
     } = incoming;
-    let (path, query_string) = url.split_once('?').unwrap_or((&url, ""));
-    let dialect = routes::dialect_of(path);
-    match body {
-        Err(e) => ("-", e.into_resp(dialect)),
-        Ok(body) => match (decode_segments(path), parse_query(query_string)) {
-            (Some(segments), Some(query)) => {
-                let req = Req {
-                    method,
-                    path: path.to_string(),
-                    segments,
-                    query,
-                    headers,
-                    body,
-                    peer,
-                    client_ip,
-                    request_id,
-                };
-                let ctx = Ctx {
-                    app,
-                    db,
-                    now: now_ms(),
-                };
-                match catch_unwind(AssertUnwindSafe(|| routes::dispatch(&ctx, &req))) {
-                    Ok(answer) => answer,
-                    Err(panic) => {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        let route = routes::route_of(&req.method, &req.segments);
-                        log::error!(
-                            "panic while handling {} {route} [{}]: {what}",
-                            req.method,
-                            req.request_id
-                        );
-                        (route, Error::Internal("panic".into()).into_resp(dialect))
-                    }
-                }
-            }
-            _ => (
-                "-",
+    let path_len = url.bytes().position(|b| b == b'?').unwrap_or(url.len());
+    let dialect = routes::dialect_of(&url[..path_len]);
+    let parsed = match body {
+        Err(e) => Err(e.into_resp(dialect)),
+        Ok(body) => match (
+            decode_segments(&url[..path_len]),
+            parse_query(url.get(path_len + 1..).unwrap_or("")),
+        ) {
+            (Some(segments), Some(query)) => Ok((segments, query, body)),
+            _ => Err(
                 Error::bad_request("Invalid percent-encoding in the request target")
                     .into_resp(dialect),
             ),
         },
+    };
+    let (segments, query, body) = match parsed {
+        Ok(parsed) => parsed,
+        Err(resp) => {
+            return Answered {
+                route: "-",
+                resp,
+                method,
+                request_id,
+            };
+        }
+    };
+    // The path is the URL without its query: the URL's own text, cut.
+    url.truncate(path_len);
+    let req = Req {
+        method,
+        path: url,
+        segments,
+        query,
+        headers,
+        body,
+        peer,
+        client_ip,
+        request_id,
+    };
+    let ctx = Ctx {
+        app,
+        db,
+        now: now_ms(),
+    };
+    let (route, resp) = match catch_unwind(AssertUnwindSafe(|| routes::dispatch(&ctx, &req))) {
+        Ok(answer) => answer,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let route = routes::route_of(&req.method, &req.segments);
+            log::error!(
+                "panic while handling {} {route} [{}]: {what}",
+                req.method,
+                req.request_id
+            );
+            (route, Error::Internal("panic".into()).into_resp(dialect))
+        }
+    };
+    let Req {
+        method, request_id, ..
+    } = req;
+    Answered {
+        route,
+        resp,
+        method,
+        request_id,
     }
 }
 
@@ -946,10 +988,18 @@ fn client_ip(cfg: &Config, peer: Option<IpAddr>, headers: &[(String, String)]) -
 }
 
 fn decode_segments(path: &str) -> Option<Vec<String>> {
-    path.split('/')
-        .filter(|s| !s.is_empty())
-        .map(percent_decode)
-        .collect()
+    // `/` searched for by bytes, which for paths this short is cheaper than `split('/')`'s
+    // searcher (about 140 instructions a request).
+    let mut segments = Vec::with_capacity(4);
+    let mut rest = path;
+    while !rest.is_empty() {
+        let end = rest.bytes().position(|b| b == b'/').unwrap_or(rest.len());
+        if end > 0 {
+            segments.push(percent_decode(&rest[..end])?);
+        }
+        rest = rest.get(end + 1..).unwrap_or("");
+    }
+    Some(segments)
 }
 
 fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
@@ -969,7 +1019,7 @@ fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
 /// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
 pub fn percent_decode(s: &str) -> Option<String> {
     // Most segments (ids, slugs, route words) have nothing to decode.
-    if !s.contains('%') {
+    if !s.bytes().any(|b| b == b'%') {
         return Some(s.to_string());
     }
     let bytes = s.as_bytes();
@@ -1148,6 +1198,54 @@ mod tests {
         assert_eq!(percent_decode("%-1"), None);
         assert_eq!(percent_decode("sess_0a").as_deref(), Some("sess_0a"));
         assert_eq!(percent_decode("").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn paths_split_into_decoded_segments() {
+        let segments = |p: &str| decode_segments(p).map(|s| s.join("|"));
+        assert_eq!(
+            segments("/sessions/sess_0a").as_deref(),
+            Some("sessions|sess_0a")
+        );
+        assert_eq!(segments("//a//b/").as_deref(), Some("a|b"));
+        assert_eq!(segments("/a%2Fb/%C3%A9/é").as_deref(), Some("a/b|é|é"));
+        assert_eq!(segments("").as_deref(), Some(""));
+        assert_eq!(segments("/").as_deref(), Some(""));
+        assert_eq!(segments("a"), Some("a".into()));
+        assert_eq!(segments("/a/%zz"), None);
+    }
+
+    #[test]
+    fn the_bearer_token_is_what_follows_the_scheme_and_a_space() {
+        let bearer = |value: &str| {
+            let req = Req {
+                method: "GET".into(),
+                path: "/".into(),
+                segments: Vec::new(),
+                query: Vec::new(),
+                headers: vec![("authorization".into(), value.into())],
+                body: Vec::new(),
+                peer: None,
+                client_ip: None,
+                request_id: String::new(),
+            };
+            req.bearer().map(str::to_string)
+        };
+        assert_eq!(bearer("Bearer abc").as_deref(), Some("abc"));
+        assert_eq!(bearer("bEaReR  abc ").as_deref(), Some("abc"));
+        assert_eq!(bearer("Bearer a b").as_deref(), Some("a b"));
+        for refused in [
+            "Bearer",
+            "Bearer ",
+            "Bearer   ",
+            "Bearerabc",
+            "Basic abc",
+            "Bearé abc",
+            "",
+            "Bear abc",
+        ] {
+            assert_eq!(bearer(refused), None, "{refused:?}");
+        }
     }
 
     #[test]
