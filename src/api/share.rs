@@ -3,7 +3,6 @@
 //! Errors are `{"error": "<message>"}`. Owner routes answer 404 before 401 (an unknown session is
 //! reported before a bad token); `/internal` routes check the gateway's key first, as upstream does.
 
-use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::json::Obj;
@@ -827,15 +826,6 @@ fn check_viewer_id(id: &str) -> Result<()> {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Admission<'a> {
-    allow: bool,
-    status: u16,
-    reason: &'a str,
-    viewer_id: Option<String>,
-}
-
 /// `POST /internal/sessions/by-slug/:slug/admit` — the policy decision for one viewer request.
 pub fn admit(ctx: &Ctx, req: &Req, slug: &str) -> Result<Resp> {
     require_gateway(ctx, req)?;
@@ -884,13 +874,11 @@ pub fn admit(ctx: &Ctx, req: &Req, slug: &str) -> Result<Resp> {
         None => (true, 200, "allowed"),
         Some(r) => (false, r.status(), r.reason()),
     };
-    Ok(Resp::json(
-        200,
-        &Admission {
-            allow,
-            status,
-            reason,
-            viewer_id: decision.viewer_id,
-        },
-    ))
+    // The gateway asks on every viewer request: written by `json::Obj`, not serde_json.
+    let mut o = Obj::with_capacity(96);
+    o.bool("allow", allow)
+        .int("status", status.into())
+        .str("reason", reason)
+        .opt_str("viewerId", decision.viewer_id.as_deref());
+    Ok(Resp::json_written(200, o.finish()))
 }
