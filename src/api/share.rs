@@ -36,16 +36,16 @@ fn unauthorized() -> Error {
 }
 
 /// How a caller proved its right to a share session.
-enum Access {
-    /// With the session's owner token (echoed back in the full view).
-    Owner(String),
+enum Access<'r> {
+    /// With the session's owner token (echoed back in the full view), borrowed from the request.
+    Owner(&'r str),
     /// With an API key of the owning account.
     Account(Actor),
     /// As the gateway.
     Internal(Actor),
 }
 
-impl Access {
+impl Access<'_> {
     fn actor(&self, share: &Share, req: &Req) -> Actor {
         match self {
             Access::Owner(_) => owner_actor(&share.uid, req),
@@ -124,18 +124,18 @@ fn account_key(ctx: &Ctx, req: &Req, allow: Allow) -> Result<Option<Credential>>
 
 /// Checks the caller against an existing session, with the key [`account_key`] resolved (if the
 /// route takes one). A key of another account answers like a missing session.
-fn authorize(
+fn authorize<'r>(
     ctx: &Ctx,
-    req: &Req,
+    req: &'r Req,
     share: &Share,
     allow: Allow,
     key: Option<Credential>,
-) -> Result<Access> {
+) -> Result<Access<'r>> {
     let Some(token) = req.bearer() else {
         return Err(unauthorized());
     };
     if allow.owner && share.is_owner_token(token) {
-        return Ok(Access::Owner(token.to_string()));
+        return Ok(Access::Owner(token));
     }
     if allow.internal {
         if let Some(actor) = gateway(ctx, req)? {
