@@ -11,6 +11,9 @@
 //! `SESSIOND_BENCH_SECS` seconds per probe (default 2), alternating with the floors for `SESSIOND_BENCH_ROUNDS` rounds (default 9);
 //! `SESSIOND_BENCH_ARGS` adds server flags. Floor servers run in a process of their own (`floor_process`). It prints req/s, p50/p99 latency, ratios to
 //! the floors, RSS with 10,000 live viewers, and read latency during a mass-expiry sweep.
+//!
+//! `instructions` counts instructions per request under callgrind instead (see there), and
+//! `handler_cost` times the handlers without HTTP.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -57,42 +60,16 @@ fn drive(addr: &str, conns: usize, secs: f64, make: MakeRequest) -> Figures {
                 (stop.clone(), errors.clone(), make.clone(), addr.to_string());
             std::thread::spawn(move || {
                 let mut latencies = Vec::with_capacity(100_000);
-                let stream = TcpStream::connect(&addr).unwrap();
-                stream.set_nodelay(true).unwrap();
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = BufReader::new(stream);
+                let mut conn = Conn::open(&addr);
                 let mut i = 0u64;
-                let mut body = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let req = make(c, i);
                     i += 1;
                     let t = Instant::now();
-                    if writer.write_all(&req).is_err() {
+                    let Some(ok) = conn.ask(&req) else {
                         errors.fetch_add(1, Ordering::Relaxed);
                         break;
-                    }
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        break;
-                    }
-                    let ok = line.split(' ').nth(1).is_some_and(|s| s.starts_with('2'));
-                    let mut len = 0usize;
-                    loop {
-                        let mut h = String::new();
-                        reader.read_line(&mut h).unwrap();
-                        let h = h.trim_end();
-                        if h.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            if k.eq_ignore_ascii_case("content-length") {
-                                len = v.trim().parse().unwrap();
-                            }
-                        }
-                    }
-                    body.resize(len, 0);
-                    reader.read_exact(&mut body).unwrap();
+                    };
                     latencies.push(t.elapsed().as_micros() as u32);
                     if !ok {
                         errors.fetch_add(1, Ordering::Relaxed);
@@ -123,6 +100,53 @@ fn drive(addr: &str, conns: usize, secs: f64, make: MakeRequest) -> Figures {
         max_us: all.last().copied().unwrap_or(0) as u64,
         errors: errors.load(Ordering::Relaxed),
         cost: None,
+    }
+}
+
+/// One keep-alive connection of the load generator.
+struct Conn {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+    body: Vec<u8>,
+}
+
+impl Conn {
+    fn open(addr: &str) -> Conn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            writer: stream.try_clone().unwrap(),
+            reader: BufReader::new(stream),
+            body: Vec::new(),
+        }
+    }
+
+    /// Sends `req` and reads the whole response: whether its status is 2xx, or `None` when the
+    /// connection failed.
+    fn ask(&mut self, req: &[u8]) -> Option<bool> {
+        self.writer.write_all(req).ok()?;
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        let ok = line.split(' ').nth(1).is_some_and(|s| s.starts_with('2'));
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h).unwrap();
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+        }
+        self.body.resize(len, 0);
+        self.reader.read_exact(&mut self.body).unwrap();
+        Some(ok)
     }
 }
 
@@ -198,7 +222,27 @@ struct FloorServer {
 
 impl FloorServer {
     fn start(floor: Floor, threads: usize, db: &std::path::Path) -> FloorServer {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        FloorServer::start_under(&[], floor, threads, db)
+    }
+
+    /// Starts the floor's process under `wrapper` (a command and its arguments, to which the
+    /// process's own command line is appended), or directly when it is empty.
+    fn start_under(
+        wrapper: &[String],
+        floor: Floor,
+        threads: usize,
+        db: &std::path::Path,
+    ) -> FloorServer {
+        let exe = std::env::current_exe().unwrap();
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(args).arg(exe);
+                c
+            }
+            None => std::process::Command::new(exe),
+        };
+        let mut child = command
             .args([
                 "bench::floor_process",
                 "--exact",
@@ -418,6 +462,38 @@ fn pick(seed: u64, i: u64, n: u64) -> u64 {
     x % n
 }
 
+/// `GET /sessions/:id` of a random preloaded share (of `n`), with its owner token.
+fn owner_get(seed: u64, n: u64) -> MakeRequest {
+    Arc::new(move |c, i| {
+        let k = pick(seed ^ c as u64, i, n);
+        get(
+            &format!("/sessions/sess_bench{k:027}"),
+            Some(&format!("benchtoken{k:022}")),
+        )
+    })
+}
+
+/// `GET /sessions/by-slug/:slug` of a random preloaded share, without credentials.
+fn public_get(seed: u64, n: u64) -> MakeRequest {
+    Arc::new(move |c, i| {
+        let k = pick(seed ^ c as u64, i, n);
+        get(&format!("/sessions/by-slug/bench-slug-{k}"), None)
+    })
+}
+
+/// The gateway's admission of connection `c`'s viewer to a random preloaded share: nearly always a
+/// viewer new to its share (the writer then records it).
+fn admission(seed: u64, n: u64) -> MakeRequest {
+    Arc::new(move |c, i| {
+        let k = pick(seed ^ c as u64, i, n);
+        post(
+            &format!("/internal/sessions/by-slug/bench-slug-{k}/admit"),
+            Some(GATEWAY_KEY),
+            &format!(r#"{{"viewerId":"c{c}","ip":"10.0.0.1","path":"/"}}"#),
+        )
+    })
+}
+
 const GET_NAME: &str = "GET /sessions/:id (owner bearer)";
 const SLUG_NAME: &str = "GET /sessions/by-slug/:slug";
 const ADMIT_NAME: &str = "POST /internal/.../admit";
@@ -601,49 +677,19 @@ fn bench() {
         |name: &str, make: MakeRequest| alternate(name, rounds, &pk_floor, &|| load(make.clone()));
     let mut get_ratio = None;
     if want("get") {
-        let (figures, ratio) = against_floor(
-            GET_NAME,
-            Arc::new(move |c, i| {
-                let k = pick(s2 ^ c as u64, i, nn);
-                get(
-                    &format!("/sessions/sess_bench{k:027}"),
-                    Some(&format!("benchtoken{k:022}")),
-                )
-            }),
-        );
+        let (figures, ratio) = against_floor(GET_NAME, owner_get(s2, nn));
         get_ratio = Some(ratio);
         record(GET_NAME, figures);
     }
     if want("slug") {
         // Alternated with the floor too, though its target compares it with a fixed figure: the
         // round with the median ratio is a typical one.
-        let (figures, _) = against_floor(
-            SLUG_NAME,
-            Arc::new(move |c, i| {
-                get(
-                    &format!(
-                        "/sessions/by-slug/bench-slug-{}",
-                        pick(s2 ^ c as u64, i, nn)
-                    ),
-                    None,
-                )
-            }),
-        );
+        let (figures, _) = against_floor(SLUG_NAME, public_get(s2, nn));
         record(SLUG_NAME, figures);
     }
     let mut admit_ratio = None;
     if want("admit") {
-        let (figures, ratio) = against_floor(
-            ADMIT_NAME,
-            Arc::new(move |c, i| {
-                let k = pick(s2 ^ c as u64, i, nn);
-                post(
-                    &format!("/internal/sessions/by-slug/bench-slug-{k}/admit"),
-                    Some(GATEWAY_KEY),
-                    &format!(r#"{{"viewerId":"c{c}","ip":"10.0.0.1","path":"/"}}"#),
-                )
-            }),
-        );
+        let (figures, ratio) = against_floor(ADMIT_NAME, admission(s2, nn));
         admit_ratio = Some(ratio);
         record(ADMIT_NAME, figures);
     }
@@ -924,6 +970,156 @@ fn load_shares(db: &std::path::Path, n: u64) {
         }
     }
     tx.commit().unwrap();
+}
+
+/// Instructions per request, counted by callgrind over the whole server process (every thread:
+/// reading the request, the handler, SQLite, the writer, the response, the access log), for the
+/// floors and for sessiond. Unlike the timed probes these counts do not drift with the machine, so
+/// a change shows as a difference of a few hundred instructions where req/s would hide it in
+/// noise. Each server runs under `valgrind --tool=callgrind` (the Debian package `valgrind`);
+/// `SESSIOND_BENCH_REQUESTS` requests (default 4,000) on four keep-alive connections are counted
+/// after 500 that warm it up. Runs only with `SESSIOND_BENCH_INSTRUCTIONS=1`:
+///
+/// ```sh
+/// SESSIOND_BENCH_INSTRUCTIONS=1 cargo test --release --test it instructions -- --nocapture
+/// ```
+#[test]
+fn instructions() {
+    if std::env::var("SESSIOND_BENCH_INSTRUCTIONS").as_deref() != Ok("1") {
+        return;
+    }
+    for tool in ["valgrind", "callgrind_control"] {
+        let found = std::process::Command::new(tool)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            found,
+            "{tool} is missing: install valgrind (apt-get install valgrind)"
+        );
+    }
+    let n = env_num("SESSIOND_BENCH_N", 100_000);
+    let count = env_num("SESSIOND_BENCH_REQUESTS", 4_000);
+    let dir = Arc::new(TempDir::new());
+    let db = dir.path().join("sessiond.db");
+    drop(Server::start_in(dir.clone(), Opts::default()));
+    load_shares(&db, n);
+    let dumps = dir.path().join("callgrind");
+    std::fs::create_dir_all(&dumps).unwrap();
+    let wrapper = |name: &str| -> Vec<String> {
+        vec![
+            "valgrind".into(),
+            "--tool=callgrind".into(),
+            format!("--callgrind-out-file={}/{name}.%p", dumps.display()),
+        ]
+    };
+    // The counters are zeroed after the warm-up and dumped after the counted requests (the
+    // process's dump number `dump`); the dump's `totals:` line is the instructions of every thread
+    // in between.
+    let count_requests = |pid: i32,
+                          name: &str,
+                          dump: usize,
+                          addr: &str,
+                          make: MakeRequest|
+     -> f64 {
+        let conns = 4usize;
+        let send = |from: u64, requests: u64| {
+            std::thread::scope(|scope| {
+                for c in 0..conns {
+                    let make = make.clone();
+                    scope.spawn(move || {
+                        let mut conn = Conn::open(addr);
+                        for i in from..from + requests / conns as u64 {
+                            assert_eq!(conn.ask(&make(c, i)), Some(true), "{name}: request {i}");
+                        }
+                    });
+                }
+            });
+        };
+        let control = |flag: &str| {
+            let status = std::process::Command::new("callgrind_control")
+                .args([flag, &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "callgrind_control {flag} {pid}");
+        };
+        send(0, 500);
+        control("-z");
+        send(1_000_000, count);
+        control("-d");
+        let dump = dumps.join(format!("{name}.{pid}.{dump}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&dump).unwrap_or_default();
+            if let Some(total) = text.lines().find_map(|l| l.strip_prefix("totals: ")) {
+                return total.trim().parse::<f64>().unwrap() / count as f64;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no callgrind dump at {}",
+                dump.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    eprintln!(
+        "instructions per request (callgrind, whole server process; {count} requests on 4 connections after 500, {n} sessions):"
+    );
+    let mut floors = Vec::new();
+    for (floor, name, label) in [
+        (
+            Floor::Constant,
+            "floor-constant",
+            "tiny_http, constant JSON",
+        ),
+        (
+            Floor::Lookup,
+            "floor-lookup",
+            "tiny_http + SQLite primary-key lookup",
+        ),
+    ] {
+        let server = FloorServer::start_under(&wrapper(name), floor, 4, &db);
+        let per = count_requests(
+            server.child.id() as i32,
+            name,
+            1,
+            &server.addr,
+            Arc::new(|_, _| get("/x", None)),
+        );
+        eprintln!("  {label:<44} {per:>9.0}");
+        floors.push(per);
+    }
+    let lookup = floors[1];
+    let server = Server::start_in(
+        dir.clone(),
+        Opts {
+            wrapper: wrapper("sessiond"),
+            ..Opts::default()
+        },
+    );
+    // A fixed seed: the same sessions in the same order every run.
+    let seed = 0x5e55_10d0;
+    let probes: [(&str, MakeRequest); 4] = [
+        (
+            "GET /healthz (no database)",
+            Arc::new(|_, _| get("/healthz", None)),
+        ),
+        (GET_NAME, owner_get(seed, n)),
+        (SLUG_NAME, public_get(seed, n)),
+        (ADMIT_NAME, admission(seed, n)),
+    ];
+    // One process for every probe: each zeroes the counters and dumps them once more.
+    for (dump, (label, make)) in (1..).zip(probes) {
+        let per = count_requests(server.pid(), "sessiond", dump, &server.addr, make);
+        eprintln!(
+            "  {label:<44} {per:>9.0}  lookup floor / probe {:.2}",
+            lookup / per
+        );
+    }
 }
 
 /// The handlers' own cost, without HTTP and on one thread: `server::respond` called in a loop over

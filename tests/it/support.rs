@@ -57,6 +57,8 @@ pub struct Opts {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub nofile: Option<u64>,
+    /// A command (and its arguments) that runs the server: `valgrind --tool=callgrind`, say.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for Opts {
@@ -65,6 +67,7 @@ impl Default for Opts {
             args: Vec::new(),
             env: vec![("SESSIOND_INTERNAL_API_KEY".into(), GATEWAY_KEY.into())],
             nofile: None,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -115,7 +118,14 @@ impl Server {
         opts: Opts,
     ) -> Result<Server, (Option<ExitStatus>, Vec<String>)> {
         let db = dir.path().join("sessiond.db");
-        let mut cmd = Command::new(bin());
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--db"])
             .arg(&db)
