@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError, bounded};
 
-use crate::domain::time::{now_ms, push_rfc3339};
+use crate::domain::time::{Millis, now_ms, push_rfc3339};
 use crate::text::{push_decimal, push_ip};
 
 /// Lines that may wait for the writing thread.
@@ -93,7 +93,7 @@ impl AccessLog {
         };
         let mut line = String::with_capacity(160);
         line.push('[');
-        push_rfc3339(&mut line, now_ms());
+        push_time(&mut line, now_ms());
         line.push_str(" INFO  sessiond::access] ");
         entry.push_to(&mut line);
         line.push('\n');
@@ -114,6 +114,32 @@ impl AccessLog {
         }
         let _ = thread.join();
     }
+}
+
+thread_local! {
+    /// The second this thread last stamped a line in, and its text up to the milliseconds.
+    static SECOND: std::cell::RefCell<(Millis, String)> =
+        const { std::cell::RefCell::new((Millis::MIN, String::new())) };
+}
+
+/// Appends `push_rfc3339`'s text of `ms`, the date and time of day written once a second per
+/// thread (about 400 instructions a line otherwise).
+fn push_time(out: &mut String, ms: Millis) {
+    let (second, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            text.clear();
+            push_rfc3339(text, second * 1000);
+            // Without "000Z": the milliseconds and the zone follow.
+            text.truncate(text.len().saturating_sub(4));
+            *cached = second;
+        }
+        out.push_str(text);
+    });
+    for digit in [milli / 100, milli / 10 % 10, milli % 10] {
+        out.push(char::from(b'0' + digit as u8));
+    }
+    out.push('Z');
 }
 
 /// One answered request, as its access log line tells it:
@@ -167,6 +193,36 @@ impl fmt::Display for Entry<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_read_as_rfc3339_writes_them() {
+        let mut ms: Millis = 1_772_551_799_990;
+        // Within a second, across seconds, minutes and a day, and far outside the usual years.
+        for step in [1, 7, 999, 1_000, 59_999, 86_400_000] {
+            for _ in 0..20 {
+                let mut ours = String::from("[");
+                push_time(&mut ours, ms);
+                assert_eq!(
+                    ours,
+                    format!("[{}", crate::domain::time::rfc3339(ms)),
+                    "{ms}"
+                );
+                ms += step;
+            }
+        }
+        for ms in [
+            0,
+            -1,
+            -1_000,
+            253_402_300_799_999,
+            253_402_300_800_000,
+            Millis::MAX,
+        ] {
+            let mut ours = String::new();
+            push_time(&mut ours, ms);
+            assert_eq!(ours, crate::domain::time::rfc3339(ms), "{ms}");
+        }
+    }
 
     #[test]
     fn an_entry_reads_as_the_formatted_line_did() {
