@@ -1,5 +1,6 @@
-//! A JSON object writer for the most requested bodies (a share's full and public views, and the
-//! answer to its creation).
+//! A JSON object writer for the most requested bodies: a share's full and public views, the
+//! answers to its creation, its policy update and an admission. Fields are written in the order
+//! they are added (the seed's order); objects and arrays of strings or objects nest.
 //!
 //! serde_json escapes a string one byte at a time, through a table and a branch per byte: for a
 //! share's full view (733 bytes, nearly all of it URLs, ids and timestamps) that was a fifth of the

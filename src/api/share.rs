@@ -224,8 +224,8 @@ fn public_view(ctx: &Ctx, share: &Share) -> Resp {
     o.str("sessionId", &share.uid)
         .str("slug", &share.slug)
         .joined("publicUrl", &u.public_url)
-        .str("expiresAt", &rfc3339(share.expires_at))
-        .str("createdAt", &rfc3339(share.created_at))
+        .time("expiresAt", share.expires_at)
+        .time("createdAt", share.created_at)
         .str("authMode", share.auth_mode.as_str())
         .bool("closed", share.closed)
         .bool("available", share.available(ctx.now));
@@ -381,8 +381,8 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
         .joined("overlayScriptUrl", &u.overlay_script_url)
         .joined("edgeUrl", &u.edge_url)
         .joined("sessionToken", &[&slug, ".", &owner_token])
-        .str("expiresAt", &rfc3339(now + ttl))
-        .str("createdAt", &rfc3339(now));
+        .time("expiresAt", now + ttl)
+        .time("createdAt", now);
     if let Some(password) = &basic_password {
         o.str("username", BASIC_USERNAME).str("password", password);
     }

@@ -218,7 +218,11 @@ impl ClientConnection {
     fn read(&mut self) -> Result<Request, ReadError> {
         let mut line = std::mem::take(&mut self.line);
         let head = self.read_head(&mut line);
-        self.line = line;
+        // Kept for the next head unless a long line grew it: an idle connection holds no more
+        // than its usual lines need.
+        if line.capacity() <= 1024 {
+            self.line = line;
+        }
         let (method, path, version, headers) = head?;
 
         // building the writer for the request
