@@ -462,6 +462,14 @@ fn pick(seed: u64, i: u64, n: u64) -> u64 {
     x % n
 }
 
+/// The request threads (`--threads`) the benchmark serves with, and the floors' workers.
+fn server_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|p| p.get() * 8)
+        .unwrap_or(16)
+        .max(8)
+}
+
 /// `GET /sessions/:id` of a random preloaded share (of `n`), with its owner token.
 fn owner_get(seed: u64, n: u64) -> MakeRequest {
     Arc::new(move |c, i| {
@@ -509,10 +517,7 @@ fn bench() {
     let conns = env_num("SESSIOND_BENCH_CONNS", 64) as usize;
     let secs = env_num("SESSIOND_BENCH_SECS", 2) as f64;
     let rounds = env_num("SESSIOND_BENCH_ROUNDS", 9).max(1) as usize;
-    let threads = std::thread::available_parallelism()
-        .map(|p| p.get() * 8)
-        .unwrap_or(16)
-        .max(8);
+    let threads = server_threads();
     // `SESSIOND_BENCH_PROBES=get,admit` runs only those probes (and the floors they are compared
     // with): healthz, create, get, slug, admit, launch, runtime, sweep, cold. All by default.
     let probes = std::env::var("SESSIOND_BENCH_PROBES").ok();
@@ -1094,16 +1099,21 @@ fn instructions() {
         floors.push(per);
     }
     let lookup = floors[1];
+    // Served as the timed benchmark serves it.
+    let threads = server_threads();
     let server = Server::start_in(
         dir.clone(),
         Opts {
             wrapper: wrapper("sessiond"),
             ..Opts::default()
-        },
+        }
+        .arg("--anonymous-share-rate", "0")
+        .arg("--threads", &threads.to_string())
+        .arg("--reap-interval", "1s"),
     );
     // A fixed seed: the same sessions in the same order every run.
     let seed = 0x5e55_10d0;
-    let probes: [(&str, MakeRequest); 4] = [
+    let probes: [(&str, MakeRequest); 5] = [
         (
             "GET /healthz (no database)",
             Arc::new(|_, _| get("/healthz", None)),
@@ -1111,6 +1121,8 @@ fn instructions() {
         (GET_NAME, owner_get(seed, n)),
         (SLUG_NAME, public_get(seed, n)),
         (ADMIT_NAME, admission(seed, n)),
+        // Last: it adds sessions.
+        (CREATE_NAME, Arc::new(|_, _| post("/sessions", None, "{}"))),
     ];
     // One process for every probe: each zeroes the counters and dumps them once more.
     for (dump, (label, make)) in (1..).zip(probes) {
