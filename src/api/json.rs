@@ -138,9 +138,14 @@ impl Obj {
     }
 
     /// The finished object's text.
-    pub fn finish(mut self) -> Vec<u8> {
+    pub fn finish(self) -> Vec<u8> {
+        self.finish_string().into_bytes()
+    }
+
+    /// The finished object's text, as a `String`.
+    pub fn finish_string(mut self) -> String {
         self.out.push('}');
-        self.out.into_bytes()
+        self.out
     }
 }
 

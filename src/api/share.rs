@@ -363,9 +363,22 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
             let policy = update.apply(&Policy::default(), password_change);
             shares::update_policy(tx, id, &policy, false)?;
         }
-        let entry = AuditEntry::new(Some(new.account_id), &actor, "session.created", "share_session", &new.uid)
-            .summary(format!("share session {slug} created"))
-            .metadata(json!({ "slug": slug, "authMode": new.auth_mode.as_str(), "expiresAt": rfc3339(new.expires_at) }));
+        let entry = AuditEntry::new(
+            Some(new.account_id),
+            &actor,
+            "session.created",
+            "share_session",
+            &new.uid,
+        )
+        .summary(format!("share session {slug} created"))
+        .metadata_text({
+            // Keys in the order serde_json's map wrote them (sorted).
+            let mut o = Obj::with_capacity(96);
+            o.str("authMode", new.auth_mode.as_str())
+                .time("expiresAt", new.expires_at)
+                .str("slug", &slug);
+            o.finish_string()
+        });
         audit::record(tx, &entry, now)?;
         Ok(slug)
     })?;

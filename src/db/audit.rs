@@ -29,7 +29,7 @@ pub fn record(tx: &Tx, entry: &AuditEntry, now: Millis) -> Result<()> {
             entry.resource_id,
             if entry.success { "success" } else { "failure" },
             entry.summary,
-            entry.metadata.to_string(),
+            entry.metadata,
             entry.actor.ip,
             now,
         ])?;

@@ -56,7 +56,8 @@ pub struct AuditEntry {
     pub resource_id: String,
     pub success: bool,
     pub summary: String,
-    pub metadata: serde_json::Value,
+    /// A JSON object's text.
+    pub metadata: String,
 }
 
 impl AuditEntry {
@@ -75,7 +76,7 @@ impl AuditEntry {
             resource_id: resource_id.to_string(),
             success: true,
             summary: String::new(),
-            metadata: serde_json::Value::Object(Default::default()),
+            metadata: "{}".to_string(),
         }
     }
 
@@ -85,6 +86,12 @@ impl AuditEntry {
     }
 
     pub fn metadata(mut self, metadata: serde_json::Value) -> AuditEntry {
+        self.metadata = metadata.to_string();
+        self
+    }
+
+    /// The metadata as a JSON object's text already written (see `api::json::Obj`).
+    pub fn metadata_text(mut self, metadata: String) -> AuditEntry {
         self.metadata = metadata;
         self
     }

@@ -776,6 +776,14 @@ fn api_keys_and_service_keys_from_the_cli() {
         "SELECT actor_type FROM audit WHERE action = 'session.created' AND actor_type = 'api_key'",
     );
     assert_eq!(actor.len(), 1);
+    // The creation's audit metadata: the slug, the auth mode and the expiry, as JSON text.
+    let metadata = server.query(&format!(
+        "SELECT metadata FROM audit WHERE action = 'session.created' AND resource_id = '{id}'"
+    ));
+    assert_eq!(
+        metadata[0][0],
+        json!({ "authMode": "none", "expiresAt": created["expiresAt"], "slug": slug }).to_string()
+    );
     // Deleting with the account key works.
     server
         .delete_auth(&format!("/sessions/{id}"), &personal)
