@@ -20,7 +20,7 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, TrySendError, bounded};
 
 use crate::domain::time::{Millis, now_ms, push_rfc3339};
-use crate::text::{push_decimal, push_ip};
+use crate::text::{push_decimal, push_ip, push_padded};
 
 /// Lines that may wait for the writing thread.
 const QUEUE: usize = 65_536;
@@ -105,6 +105,7 @@ impl AccessLog {
         }
     }
 
+    /// Writes what is queued and stops the thread (at shutdown, after the last request).
     pub fn finish(&self) {
         let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
@@ -136,9 +137,7 @@ fn push_time(out: &mut String, ms: Millis) {
         }
         out.push_str(text);
     });
-    for digit in [milli / 100, milli / 10 % 10, milli % 10] {
-        out.push(char::from(b'0' + digit as u8));
-    }
+    push_padded(out, milli, 3);
     out.push('Z');
 }
 

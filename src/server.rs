@@ -527,36 +527,7 @@ fn write_response<'a>(
     let all = std::iter::once(("Content-Type", resp.content_type))
         .chain(extra)
         .chain(resp.headers.iter().map(|(n, v)| (*n, v.as_str())));
-    with_listed(all, |headers| {
-        request.respond_raw(resp.status, headers, &resp.body)
-    })
-}
-
-/// Calls `f` with `items` as a slice: most responses have two or three headers, listed on the
-/// stack without an allocation; more go into a `Vec`.
-fn with_listed<T: Copy + Default, R>(
-    items: impl IntoIterator<Item = T>,
-    f: impl FnOnce(&[T]) -> R,
-) -> R {
-    let mut few = [T::default(); 6];
-    let mut count = 0;
-    let mut many = Vec::new();
-    for item in items {
-        if count < few.len() {
-            few[count] = item;
-            count += 1;
-        } else {
-            if many.is_empty() {
-                many.extend_from_slice(&few);
-            }
-            many.push(item);
-        }
-    }
-    if many.is_empty() {
-        f(&few[..count])
-    } else {
-        f(&many)
-    }
+    request.respond_raw(resp.status, all, &resp.body)
 }
 
 /// The turns to run: at most this many requests run at once, so they do not all compete for the
@@ -1226,14 +1197,6 @@ mod tests {
         assert_eq!(percent_decode("%-1"), None);
         assert_eq!(percent_decode("sess_0a").as_deref(), Some("sess_0a"));
         assert_eq!(percent_decode("").as_deref(), Some(""));
-    }
-
-    #[test]
-    fn listed_items_keep_their_order_however_many() {
-        for n in [0, 1, 5, 6, 7, 13] {
-            let listed = with_listed(0..n, |items| items.to_vec());
-            assert_eq!(listed, (0..n).collect::<Vec<_>>(), "{n}");
-        }
     }
 
     #[test]

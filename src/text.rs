@@ -22,6 +22,13 @@ pub fn push_decimal(out: &mut String, mut n: u64) {
     }
 }
 
+/// Appends `value` (0 ≤ value < 10^width) with leading zeros to `width` digits.
+pub fn push_padded(out: &mut String, value: i64, width: u32) {
+    for place in (0..width).rev() {
+        out.push(char::from(b'0' + (value / 10i64.pow(place) % 10) as u8));
+    }
+}
+
 /// Appends `ip` as `Display` writes it (IPv4 by hand, IPv6 through `Display`).
 pub fn push_ip(out: &mut String, ip: IpAddr) {
     match ip {

@@ -6,6 +6,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::text::push_padded;
+
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
@@ -56,13 +58,6 @@ pub fn push_rfc3339(out: &mut String, ms: Millis) {
     out.push('.');
     push_padded(out, millis, 3);
     out.push('Z');
-}
-
-/// Appends `value` (0 ≤ value < 10^width) with leading zeros to `width` digits.
-fn push_padded(out: &mut String, value: i64, width: u32) {
-    for place in (0..width).rev() {
-        out.push(char::from(b'0' + (value / 10i64.pow(place) % 10) as u8));
-    }
 }
 
 /// Parses RFC 3339 (`Z` or `±hh:mm` offset, optional fraction) into milliseconds.

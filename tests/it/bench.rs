@@ -233,16 +233,7 @@ impl FloorServer {
         threads: usize,
         db: &std::path::Path,
     ) -> FloorServer {
-        let exe = std::env::current_exe().unwrap();
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = std::process::Command::new(program);
-                c.args(args).arg(exe);
-                c
-            }
-            None => std::process::Command::new(exe),
-        };
-        let mut child = command
+        let mut child = command_under(wrapper, std::env::current_exe().unwrap())
             .args([
                 "bench::floor_process",
                 "--exact",

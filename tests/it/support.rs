@@ -118,14 +118,7 @@ impl Server {
         opts: Opts,
     ) -> Result<Server, (Option<ExitStatus>, Vec<String>)> {
         let db = dir.path().join("sessiond.db");
-        let mut cmd = match opts.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(bin());
-                c
-            }
-            None => Command::new(bin()),
-        };
+        let mut cmd = command_under(&opts.wrapper, bin());
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--db"])
             .arg(&db)
@@ -317,6 +310,19 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A command that runs `program` under `wrapper` (a command and its arguments, to which the
+/// program is appended: `valgrind --tool=callgrind`, say), or directly when `wrapper` is empty.
+pub fn command_under(wrapper: &[String], program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match wrapper.split_first() {
+        Some((first, args)) => {
+            let mut command = Command::new(first);
+            command.args(args).arg(program);
+            command
+        }
+        None => Command::new(program),
     }
 }
 

@@ -70,7 +70,6 @@ impl FromStr for TransferEncoding {
     }
 }
 
-/// Builds a Date: header with the current date.
 /// sessiond patch: calls `f` with the current time as an HTTP date, made once a second per
 /// thread (formatting it cost about a thousand instructions).
 pub(crate) fn with_http_date<T>(f: impl FnOnce(&str) -> T) -> T {
@@ -91,6 +90,7 @@ pub(crate) fn with_http_date<T>(f: impl FnOnce(&str) -> T) -> T {
     })
 }
 
+/// Builds a Date: header with the current date.
 fn build_date_header() -> Header {
     let d = HttpDate::from(SystemTime::now());
     Header::from_bytes(&b"Date"[..], &d.to_string().into_bytes()[..]).unwrap()

@@ -213,17 +213,23 @@ impl<W: Write + Send> Iterator for SequentialWriterBuilder<W> {
     }
 }
 
+impl<R: Read + Send> SequentialReader<R> {
+    // sessiond patch: the reader, once it is this one's turn (waited for on first use); shared by
+    // `Read` and `BufRead`.
+    fn turn(&mut self) -> &mut R {
+        if let SequentialReaderInner::Waiting(ref mut recv) = self.inner {
+            self.inner = SequentialReaderInner::MyTurn(recv.recv().unwrap());
+        }
+        match self.inner {
+            SequentialReaderInner::MyTurn(ref mut reader) => reader,
+            _ => unreachable!(),
+        }
+    }
+}
+
 impl<R: Read + Send> Read for SequentialReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        let mut reader = match self.inner {
-            SequentialReaderInner::MyTurn(ref mut reader) => return reader.read(buf),
-            SequentialReaderInner::Waiting(ref mut recv) => recv.recv().unwrap(),
-            SequentialReaderInner::Empty => unreachable!(),
-        };
-
-        let result = reader.read(buf);
-        self.inner = SequentialReaderInner::MyTurn(reader);
-        result
+        self.turn().read(buf)
     }
 }
 
@@ -231,13 +237,7 @@ impl<R: Read + Send> Read for SequentialReader<R> {
 // line at a time rather than a byte at a time (see `ClientConnection::read_next_line`).
 impl<R: BufRead + Send> BufRead for SequentialReader<R> {
     fn fill_buf(&mut self) -> IoResult<&[u8]> {
-        if let SequentialReaderInner::Waiting(ref mut recv) = self.inner {
-            self.inner = SequentialReaderInner::MyTurn(recv.recv().unwrap());
-        }
-        match self.inner {
-            SequentialReaderInner::MyTurn(ref mut reader) => reader.fill_buf(),
-            _ => unreachable!(),
-        }
+        self.turn().fill_buf()
     }
 
     fn consume(&mut self, amt: usize) {
