@@ -150,6 +150,24 @@ impl Metrics {
                 w.idle_checkpoints_complete.load(Ordering::Relaxed) as f64,
             ),
             (
+                "sessiond_writer_background_checkpoints_total",
+                "counter",
+                "WAL checkpoint passes of the checkpointer thread, beside the writer.",
+                w.background_checkpoints.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "sessiond_writer_handoff_checkpoints_total",
+                "counter",
+                "WAL checkpoints the writer ran after a commit to copy what the checkpointer left.",
+                w.handoff_checkpoints.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "sessiond_writer_forced_checkpoints_total",
+                "counter",
+                "WAL checkpoints run inside a commit because the WAL had reached its bound.",
+                w.forced_checkpoints.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "sessiond_writer_commit_seconds_total",
                 "counter",
                 "Time spent in group commits.",

@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod backup;
+pub mod checkpointer;
 pub mod migrate;
 pub mod runtime;
 pub mod shares;
@@ -50,15 +51,16 @@ pub fn configure_sqlite() {
     });
 }
 
-/// WAL pages after which the writer's commit copies them into the database file (SQLite's default
-/// is 1,000). A checkpoint copies each page once however often the WAL holds it, and a share create
-/// dirties a random leaf of the `shares.slug` index: the longer the interval, the more creates share
-/// each copied leaf. At 16,000 (a WAL of up to 64 MiB, read back in well under a second by the
-/// recovery after a crash) against 4,000, three alternating pairs of the create probe measured a
-/// writer CPU per create of 40/54/43 against 50/47/50 µs and creates at 2.47/2.07/2.71 against
-/// 2.08/2.26/2.24 times the fsync floor. Readers look a page up in up to four WAL index blocks
-/// instead of one.
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
+/// WAL pages after which they are copied into the database file (SQLite's default is 1,000): by the
+/// checkpointer thread beside the server's writer (`checkpointer`), by the commit itself on any
+/// other read-write connection. A checkpoint copies each page once however often the WAL holds it,
+/// and a share create dirties a random leaf of the `shares.slug` index: the longer the interval,
+/// the more creates share each copied leaf. At 16,000 (a WAL of 64 MiB, read back in a fraction of
+/// a second by the recovery after a crash) against 4,000, three alternating pairs of the create
+/// probe measured a writer CPU per create of 40/54/43 against 50/47/50 µs and creates at
+/// 2.47/2.07/2.71 against 2.08/2.26/2.24 times the fsync floor. Readers look a page up in up to
+/// four WAL index blocks instead of one.
+pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_000;
 
 /// Opens and configures a connection. WAL is set (and persisted in the file) by the read-write
 /// connection; readers only inherit it.

@@ -23,6 +23,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use rusqlite::Connection;
 
 use super::Tx;
+use super::checkpointer::Checkpoints;
 use crate::error::{Error, Result};
 
 thread_local! {
@@ -57,6 +58,12 @@ pub struct WriterStats {
     /// Checkpoints run because the writer was idle, and those that copied the whole WAL.
     pub idle_checkpoints: AtomicU64,
     pub idle_checkpoints_complete: AtomicU64,
+    /// Checkpoint passes of the checkpointer thread ([`super::checkpointer`]).
+    pub background_checkpoints: AtomicU64,
+    /// Checkpoints the writer ran after a commit to finish a round of the checkpointer's.
+    pub handoff_checkpoints: AtomicU64,
+    /// Checkpoints run inside a commit because the WAL had grown to its bound.
+    pub forced_checkpoints: AtomicU64,
 }
 
 trait Job: Send {
@@ -178,18 +185,20 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread on an open, migrated read-write connection.
-    pub fn start(conn: Connection) -> Writer {
+    /// Starts the writer thread on an open, migrated read-write connection, and the checkpointer
+    /// thread beside it.
+    pub fn start(mut conn: Connection) -> Writer {
         let (queue, inbox) = crossbeam_channel::unbounded();
         let alive = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(WriterStats::default());
+        let checkpoints = Checkpoints::start(&mut conn, stats.clone());
         let thread = {
             let alive = alive.clone();
             let stats = stats.clone();
             std::thread::Builder::new()
                 .name("writer".into())
                 .spawn(move || {
-                    run(conn, inbox, &stats);
+                    run(conn, inbox, &stats, checkpoints);
                     alive.store(false, Ordering::SeqCst);
                 })
                 .expect("spawn the writer thread")
@@ -270,7 +279,10 @@ impl Writer {
 /// nothing; the automatic checkpoint still bounds the WAL under steady load. A checkpoint that
 /// could not copy everything (a reader was still on an older snapshot) is tried again after the
 /// next idle interval.
-fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats) {
+///
+/// **Checkpoints under load** run on the checkpointer's thread; after each commit the writer only
+/// tells it when the WAL has grown, and finishes what it left ([`Checkpoints::after_commit`]).
+fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats, mut checkpoints: Checkpoints) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut wal_has_frames = true;
     loop {
@@ -298,6 +310,7 @@ fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats) {
         }
         if !batch.is_empty() {
             commit_batch(&conn, &mut batch, stats);
+            checkpoints.after_commit(&conn);
             wal_has_frames = true;
         }
         if let Some(ack) = shutdown {
@@ -308,6 +321,7 @@ fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats) {
             if !batch.is_empty() {
                 commit_batch(&conn, &mut batch, stats);
             }
+            checkpoints.stop();
             if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
                 log::error!("final WAL checkpoint failed: {e}");
             }

@@ -737,6 +737,15 @@ fn bench() {
             changes / commits.max(1.0),
             writer(&after, "sessiond_writer_batch_size_max")
         );
+        let count = |name: &str| writer(&after, name) - writer(&before, name);
+        eprintln!(
+            "  {:<44} {} background passes, {} handoffs, {} forced, {} idle",
+            "WAL checkpoints",
+            count("sessiond_writer_background_checkpoints_total"),
+            count("sessiond_writer_handoff_checkpoints_total"),
+            count("sessiond_writer_forced_checkpoints_total"),
+            count("sessiond_writer_idle_checkpoints_total"),
+        );
         // The writer's time from BEGIN to the end of COMMIT over all rounds: its cost per change,
         // whatever the clients did meanwhile.
         eprintln!(
