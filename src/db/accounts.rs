@@ -165,7 +165,7 @@ pub fn bootstrap(
             .execute(params![auth::uuid_v4(), name, kind, now])?;
         // A new account starts with the default workspace catalogue.
         if created > 0 && kind != "system" {
-            super::workspaces::seed_catalogue(&Tx { conn: &tx }, tx.last_insert_rowid(), now)?;
+            super::workspaces::seed_catalogue(&Tx::new(&tx), tx.last_insert_rowid(), now)?;
         }
     }
     let account_id: i64 = tx.query_row(
@@ -217,7 +217,7 @@ pub fn bootstrap(
             &uid,
         )
         .summary(format!("bootstrap admin {} created", admin.email));
-        super::audit::record(&Tx { conn: &tx }, &entry, now)?;
+        super::audit::record(&Tx::new(&tx), &entry, now)?;
     }
     tx.commit()?;
     Ok(generated)

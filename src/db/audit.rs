@@ -12,13 +12,11 @@ use crate::domain::time::Millis;
 use crate::error::Result;
 
 pub fn record(tx: &Tx, entry: &AuditEntry, now: Millis) -> Result<()> {
-    tx.conn
-        .prepare_cached(
-            "INSERT INTO audit (uid, account_id, actor_type, actor_id, actor_email, action, resource_type,
-                                resource_id, status, summary, metadata, ip, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?
-        .execute(params![
+    tx.execute(
+        "INSERT INTO audit (uid, account_id, actor_type, actor_id, actor_email, action, resource_type,
+                            resource_id, status, summary, metadata, ip, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        params![
             auth::uuid_v4(),
             entry.account_id,
             entry.actor.kind.as_str(),
@@ -32,7 +30,8 @@ pub fn record(tx: &Tx, entry: &AuditEntry, now: Millis) -> Result<()> {
             entry.metadata,
             entry.actor.ip,
             now,
-        ])?;
+        ],
+    )?;
     Ok(())
 }
 

@@ -219,24 +219,20 @@ pub struct NewShare {
 /// Inserts a share session under a fresh slug, drawing again on the rare collision. Returns the slug
 /// and the row id.
 pub fn insert_share(tx: &Tx, share: &NewShare) -> Result<(String, i64)> {
-    tx.conn
-        .prepare_cached(
-            "INSERT INTO sessions (uid, dialect, account_id, status, ip_address, created_at, expires_at)
-             VALUES (?1, 'share', ?2, 'active', ?3, ?4, ?5)",
-        )?
-        .execute(params![share.uid, share.account_id, share.ip, share.created_at, share.expires_at])?;
+    tx.execute(
+        "INSERT INTO sessions (uid, dialect, account_id, status, ip_address, created_at, expires_at)
+         VALUES (?1, 'share', ?2, 'active', ?3, ?4, ?5)",
+        params![share.uid, share.account_id, share.ip, share.created_at, share.expires_at],
+    )?;
     let id = tx.conn.last_insert_rowid();
     let policy = Policy::default();
     for _ in 0..16 {
         let slug = new_slug();
-        let inserted = tx
-            .conn
-            .prepare_cached(
-                "INSERT INTO shares (session_id, slug, owner_token_hash, port, auth_mode, basic_password_hash,
-                                     policy_public, policy_max_viewers, policy_block_paths)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '[]')",
-            )?
-            .execute(params![
+        let inserted = tx.execute(
+            "INSERT INTO shares (session_id, slug, owner_token_hash, port, auth_mode, basic_password_hash,
+                                 policy_public, policy_max_viewers, policy_block_paths)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, '[]')",
+            params![
                 id,
                 slug,
                 &share.owner_token_hash[..],
@@ -245,7 +241,8 @@ pub fn insert_share(tx: &Tx, share: &NewShare) -> Result<(String, i64)> {
                 share.basic_password_hash,
                 policy.public,
                 policy.max_viewers,
-            ]);
+            ],
+        );
         match inserted {
             Ok(_) => return Ok((slug, id)),
             Err(e) if is_unique_violation(&e, "slug") => continue,
@@ -505,8 +502,7 @@ mod tests {
         let started = std::time::Instant::now();
         let mut slugs = HashSet::new();
         for i in 0..2_000 {
-            let (slug, _) =
-                insert_share(&Tx { conn: &conn }, &new_share(&format!("new{i}"))).unwrap();
+            let (slug, _) = insert_share(&Tx::new(&conn), &new_share(&format!("new{i}"))).unwrap();
             assert!(slugs.insert(slug));
         }
         let distinct: i64 = conn
@@ -525,7 +521,7 @@ mod tests {
     #[test]
     fn a_flush_written_after_a_kick_skips_the_kicked_viewer() {
         let conn = store_with_account();
-        let tx = Tx { conn: &conn };
+        let tx = Tx::new(&conn);
         let (_, id) = insert_share(&tx, &new_share("s1")).unwrap();
         let row = |viewer: &str, seen: Millis| ViewerRow {
             viewer_id: viewer.into(),

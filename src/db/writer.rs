@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use rusqlite::Connection;
 
-use super::Tx;
 use super::checkpointer::Checkpoints;
+use super::{HeldStatements, Tx};
 use crate::error::{Error, Result};
 
 thread_local! {
@@ -285,6 +285,7 @@ impl Writer {
 fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats, mut checkpoints: Checkpoints) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut wal_has_frames = true;
+    let held = HeldStatements::new(&conn);
     loop {
         let mut shutdown = None;
         let first = if wal_has_frames {
@@ -309,7 +310,7 @@ fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats, mut checkpoi
             }
         }
         if !batch.is_empty() {
-            commit_batch(&conn, &mut batch, stats);
+            commit_batch(&conn, &held, &mut batch, stats);
             checkpoints.after_commit(&conn);
             wal_has_frames = true;
         }
@@ -319,12 +320,13 @@ fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats, mut checkpoi
                 batch.push(job);
             }
             if !batch.is_empty() {
-                commit_batch(&conn, &mut batch, stats);
+                commit_batch(&conn, &held, &mut batch, stats);
             }
             checkpoints.stop();
             if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
                 log::error!("final WAL checkpoint failed: {e}");
             }
+            drop(held);
             drop(conn);
             let _ = ack.send(());
             return;
@@ -376,14 +378,19 @@ enum Ran {
     Dirty,
 }
 
-fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, stats: &WriterStats) {
+fn commit_batch(
+    conn: &Connection,
+    held: &HeldStatements,
+    batch: &mut Vec<Box<dyn Job>>,
+    stats: &WriterStats,
+) {
     let started = Instant::now();
     let size = batch.len() as u64;
-    let ran = match run_batch(conn, batch, Mode::Optimistic) {
+    let ran = match run_batch(conn, held, batch, Mode::Optimistic) {
         Ok(Ran::Dirty) => {
             stats.redone_batches.fetch_add(1, Ordering::Relaxed);
             let _ = exec_cached(conn, "ROLLBACK");
-            run_batch(conn, batch, Mode::Savepoints)
+            run_batch(conn, held, batch, Mode::Savepoints)
         }
         other => other,
     };
@@ -417,9 +424,17 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, stats: &Writer
 
 /// Begins a transaction and runs every job of the batch in it (stopping early only when a job
 /// leaves a dirty failure in optimistic mode). The transaction is left open for the caller.
-fn run_batch(conn: &Connection, batch: &mut [Box<dyn Job>], mode: Mode) -> Result<Ran> {
+fn run_batch(
+    conn: &Connection,
+    held: &HeldStatements,
+    batch: &mut [Box<dyn Job>],
+    mode: Mode,
+) -> Result<Ran> {
     exec_cached(conn, "BEGIN IMMEDIATE")?;
-    let tx = Tx { conn };
+    let tx = Tx {
+        conn,
+        held: Some(held),
+    };
     for job in batch.iter_mut() {
         match mode {
             Mode::Optimistic => {
@@ -518,7 +533,7 @@ mod tests {
             batch.push(job);
             answers.push((answer, runs));
         }
-        commit_batch(&conn, &mut batch, &stats);
+        commit_batch(&conn, &HeldStatements::new(&conn), &mut batch, &stats);
         let answers = answers
             .into_iter()
             .map(|(a, runs)| (a.wait().unwrap(), runs.load(Ordering::SeqCst)))
