@@ -175,7 +175,14 @@ pub fn new_slug() -> String {
     let a = u16::from_le_bytes([b[0], b[1]]) as usize % ADJECTIVES.len();
     let n = u16::from_le_bytes([b[2], b[3]]) as usize % NOUNS.len();
     let num = u32::from_le_bytes([b[4], b[5], b[6], b[7]]) % 9999 + 1;
-    format!("{}-{}-{num}", ADJECTIVES[a], NOUNS[n])
+    let (adjective, noun) = (ADJECTIVES[a], NOUNS[n]);
+    let mut slug = String::with_capacity(adjective.len() + noun.len() + 6);
+    slug.push_str(adjective);
+    slug.push('-');
+    slug.push_str(noun);
+    slug.push('-');
+    crate::text::push_decimal(&mut slug, num.into());
+    slug
 }
 
 /// A plausible slug: only what [`new_slug`] can produce is ever looked up.
