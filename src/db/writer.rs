@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use rusqlite::Connection;
 
-use super::checkpointer::Checkpoints;
+use super::checkpointer::{Checkpoints, passive_checkpoint};
 use super::{HeldStatements, Tx};
 use crate::error::{Error, Result};
 
@@ -276,9 +276,9 @@ impl Writer {
 /// WAL index search (`walFindFrame`, 3% of a `GET /sessions/:id` with a WAL of a few thousand
 /// frames) and takes every page from the shared map instead of a reader's private cache, and the
 /// next commit starts the WAL over from its beginning. A busy writer never idles, so this costs it
-/// nothing; the automatic checkpoint still bounds the WAL under steady load. A checkpoint that
-/// could not copy everything (a reader was still on an older snapshot) is tried again after the
-/// next idle interval.
+/// nothing; under steady load the checkpointer bounds the WAL (see [`Checkpoints`]). A checkpoint
+/// that could not copy everything (a reader was still on an older snapshot) is tried again after
+/// the next idle interval.
 ///
 /// **Checkpoints under load** run on the checkpointer's thread; after each commit the writer only
 /// tells it when the WAL has grown, and finishes what it left ([`Checkpoints::after_commit`]).
@@ -338,16 +338,8 @@ fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats, mut checkpoi
 /// database is not in WAL mode). A failure is logged and counts as not done.
 fn idle_checkpoint(conn: &Connection, stats: &WriterStats) -> bool {
     stats.idle_checkpoints.fetch_add(1, Ordering::Relaxed);
-    // (busy, frames in the WAL, frames copied); -1 and -1 when the database is not in WAL mode.
-    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    });
-    match done {
-        Ok((0, log, copied)) if log == copied => {
+    match passive_checkpoint(conn) {
+        Ok(Some(done)) if done.log == done.copied => {
             stats
                 .idle_checkpoints_complete
                 .fetch_add(1, Ordering::Relaxed);
