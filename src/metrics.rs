@@ -168,6 +168,12 @@ impl Metrics {
                 w.forced_checkpoints.load(Ordering::Relaxed) as f64,
             ),
             (
+                "sessiond_wal_frames",
+                "gauge",
+                "Pages (frames) in the write-ahead log after the last commit: 64 MiB is 16,000.",
+                w.wal_frames.load(Ordering::Relaxed) as f64,
+            ),
+            (
                 "sessiond_writer_commit_seconds_total",
                 "counter",
                 "Time spent in group commits.",

@@ -29,7 +29,7 @@
 use std::ffi::c_int;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::thread::JoinHandle;
 #[cfg(test)]
 use std::time::Duration;
@@ -41,13 +41,13 @@ use super::writer::WriterStats;
 use super::{Access, WAL_AUTOCHECKPOINT_PAGES};
 
 /// WAL frames at which the checkpointer starts a round.
-pub const START_FRAMES: i32 = WAL_AUTOCHECKPOINT_PAGES as i32;
+pub const START_FRAMES: i64 = WAL_AUTOCHECKPOINT_PAGES as i64;
 /// Frames the checkpointer may leave for the writer to copy after a commit (a few milliseconds).
-pub const HANDOFF_FRAMES: i32 = 1_000;
+pub const HANDOFF_FRAMES: i64 = 1_000;
 /// How much further the WAL grows before a round that could not hand off is tried again.
-pub const RETRY_FRAMES: i32 = START_FRAMES / 4;
+pub const RETRY_FRAMES: i64 = START_FRAMES / 4;
 /// WAL frames at which the writer checkpoints inside its commit (the bound on the WAL).
-pub const FORCE_FRAMES: i32 = 2 * START_FRAMES;
+pub const FORCE_FRAMES: i64 = 2 * START_FRAMES;
 /// Passes in one round at most: each copies what the writer committed during the one before, a
 /// small fraction of it, so a round hands off after two or three.
 const MAX_PASSES: usize = 6;
@@ -59,37 +59,31 @@ const RUNNING: u8 = 1;
 /// The checkpointer is done and left at most [`HANDOFF_FRAMES`] for the writer.
 const HANDOFF: u8 = 2;
 
-struct Shared {
-    /// Frames in the WAL after the writer's last commit (its WAL hook stores them).
-    frames: AtomicI32,
-    state: AtomicU8,
-}
-
 /// The writer's side: its WAL hook, and the checkpointer thread when there is one.
 pub struct Checkpoints {
-    shared: Arc<Shared>,
+    /// IDLE, RUNNING or HANDOFF.
+    state: Arc<AtomicU8>,
+    /// The writer's counters, with the WAL's length after its last commit (`wal_frames`, stored by
+    /// the WAL hook).
     stats: Arc<WriterStats>,
     /// Wakes the checkpointer; `None` when there is none (the WAL hook checkpoints).
     wake: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
     /// The WAL length that starts the next round (writer thread only).
-    next_at: i32,
+    next_at: i64,
 }
 
 impl Checkpoints {
     /// Installs the WAL hook on the writer's connection and starts the checkpointer thread, with a
     /// connection of its own to the same file.
     pub fn start(conn: &mut Connection, stats: Arc<WriterStats>) -> Checkpoints {
-        let shared = Arc::new(Shared {
-            frames: AtomicI32::new(0),
-            state: AtomicU8::new(IDLE),
-        });
+        let state = Arc::new(AtomicU8::new(IDLE));
         let checkpointer = open_checkpointer(conn).and_then(|ckpt| {
             let (wake, woken) = crossbeam_channel::bounded(1);
-            let (shared, stats) = (shared.clone(), stats.clone());
+            let (state, stats) = (state.clone(), stats.clone());
             std::thread::Builder::new()
                 .name("checkpointer".into())
-                .spawn(move || run(ckpt, woken, &shared, &stats))
+                .spawn(move || run(ckpt, woken, &state, &stats))
                 .map(|thread| (wake, thread))
                 .map_err(|e| log::warn!("cannot start the checkpointer thread: {e}"))
                 .ok()
@@ -99,9 +93,10 @@ impl Checkpoints {
         } else {
             START_FRAMES
         };
-        let (hook_shared, hook_stats) = (shared.clone(), stats.clone());
+        let hook_stats = stats.clone();
         let hook = move |wal: &mut rusqlite::hooks::Wal, frames: c_int| {
-            hook_shared.frames.store(frames, Ordering::Relaxed);
+            let frames = i64::from(frames);
+            hook_stats.wal_frames.store(frames, Ordering::Relaxed);
             if frames >= force_at {
                 hook_stats
                     .forced_checkpoints
@@ -119,7 +114,7 @@ impl Checkpoints {
         }
         let (wake, thread) = checkpointer.unzip();
         Checkpoints {
-            shared,
+            state,
             stats,
             wake,
             thread,
@@ -131,7 +126,7 @@ impl Checkpoints {
     /// starts one when the WAL has grown long enough.
     pub fn after_commit(&mut self, conn: &Connection) {
         let Some(wake) = &self.wake else { return };
-        match self.shared.state.load(Ordering::Acquire) {
+        match self.state.load(Ordering::Acquire) {
             HANDOFF => {
                 self.stats
                     .handoff_checkpoints
@@ -139,18 +134,18 @@ impl Checkpoints {
                 if let Err(e) = passive_checkpoint(conn) {
                     log::warn!("WAL checkpoint after a commit failed: {e}");
                 }
-                self.shared.state.store(IDLE, Ordering::Release);
+                self.state.store(IDLE, Ordering::Release);
             }
             IDLE => {
-                let frames = self.shared.frames.load(Ordering::Relaxed);
+                let frames = self.stats.wal_frames.load(Ordering::Relaxed);
                 if frames < START_FRAMES {
                     // Short again: the WAL was started over.
                     self.next_at = START_FRAMES;
                 } else if frames >= self.next_at {
                     self.next_at = frames.saturating_add(RETRY_FRAMES);
-                    self.shared.state.store(RUNNING, Ordering::Release);
+                    self.state.store(RUNNING, Ordering::Release);
                     if wake.try_send(()).is_err() {
-                        self.shared.state.store(IDLE, Ordering::Release);
+                        self.state.store(IDLE, Ordering::Release);
                     }
                 }
             }
@@ -187,18 +182,16 @@ fn open_checkpointer(writer: &Connection) -> Option<Connection> {
 }
 
 /// The checkpointer thread: a round per wake-up, until the writer hangs up.
-fn run(conn: Connection, woken: Receiver<()>, shared: &Shared, stats: &WriterStats) {
+fn run(conn: Connection, woken: Receiver<()>, state: &AtomicU8, stats: &WriterStats) {
     while woken.recv().is_ok() {
-        let handed = round(&conn, shared, stats);
-        shared
-            .state
-            .store(if handed { HANDOFF } else { IDLE }, Ordering::Release);
+        let handed = round(&conn, stats);
+        state.store(if handed { HANDOFF } else { IDLE }, Ordering::Release);
     }
 }
 
 /// Passes until at most [`HANDOFF_FRAMES`] are left to copy; false when a pass could not run or
 /// made no progress.
-fn round(conn: &Connection, shared: &Shared, stats: &WriterStats) -> bool {
+fn round(conn: &Connection, stats: &WriterStats) -> bool {
     let mut copied_before = -1;
     for _ in 0..MAX_PASSES {
         let copied = match passive_checkpoint(conn) {
@@ -211,7 +204,7 @@ fn round(conn: &Connection, shared: &Shared, stats: &WriterStats) -> bool {
             }
         };
         stats.background_checkpoints.fetch_add(1, Ordering::Relaxed);
-        if shared.frames.load(Ordering::Relaxed) - copied <= HANDOFF_FRAMES {
+        if stats.wal_frames.load(Ordering::Relaxed) - copied <= HANDOFF_FRAMES {
             return true;
         }
         if copied <= copied_before {
@@ -226,8 +219,8 @@ fn round(conn: &Connection, shared: &Shared, stats: &WriterStats) -> bool {
 /// What a checkpoint left: the frames in the WAL and how many of them are in the database file
 /// (both -1 when the database is not in WAL mode).
 pub(super) struct Checkpointed {
-    pub log: i32,
-    pub copied: i32,
+    pub log: i64,
+    pub copied: i64,
 }
 
 /// Runs a PASSIVE checkpoint on `conn`; `None` when another checkpoint held the lock.
@@ -268,13 +261,6 @@ mod tests {
             .unwrap();
     }
 
-    /// Frames in the WAL, as a checkpoint from another connection reports them.
-    fn wal_frames(path: &std::path::Path) -> i64 {
-        let conn = open(path, Access::ReadWrite, true).unwrap();
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
-            .unwrap()
-    }
-
     /// Waits until `done` holds, for at most ten seconds.
     fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         let started = Instant::now();
@@ -290,7 +276,7 @@ mod tests {
     #[test]
     fn a_round_hands_off_and_the_wal_starts_over() {
         let dir = TestDir::new("checkpointer-round");
-        let (writer, path) = writer_on(&dir);
+        let (writer, _) = writer_on(&dir);
         let s = writer.stats.clone();
         let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
         for round in 1..=2 {
@@ -312,7 +298,7 @@ mod tests {
                 count(&s.handoff_checkpoints) > handoffs
             });
             commit(&writer, 1);
-            let frames = wal_frames(&path);
+            let frames = s.wal_frames.load(Ordering::Relaxed);
             assert!(frames < 100, "round {round}: {frames} frames in the WAL");
         }
         assert_eq!(count(&s.forced_checkpoints), 0);
@@ -361,7 +347,7 @@ mod tests {
         let conn = open(&path, Access::ReadOnly, true).unwrap();
         assert_eq!(
             column::<i64>(&conn, "SELECT count(*) FROM t", []),
-            [commits as i64]
+            [commits]
         );
         assert_eq!(
             column::<String>(&conn, "PRAGMA integrity_check", []),

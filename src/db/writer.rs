@@ -14,7 +14,7 @@
 //! twice: its closure is `FnMut`, and it keeps its effects inside the transaction.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -64,6 +64,8 @@ pub struct WriterStats {
     pub handoff_checkpoints: AtomicU64,
     /// Checkpoints run inside a commit because the WAL had grown to its bound.
     pub forced_checkpoints: AtomicU64,
+    /// Frames in the WAL after the last commit (the WAL hook stores them).
+    pub wal_frames: AtomicI64,
 }
 
 trait Job: Send {

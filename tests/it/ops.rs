@@ -516,6 +516,11 @@ fn an_idle_writer_copies_the_wal_into_the_database_file() {
     assert_eq!(copied, frames, "the idle writer did not copy the WAL");
     let text = server.get("/metrics").text();
     assert!(metric(&text, "sessiond_writer_idle_checkpoints_complete_total").unwrap() >= 1.0);
+    // The gauge of the WAL's length is SQLite's own count (the WAL index header's).
+    assert_eq!(
+        metric(&text, "sessiond_wal_frames"),
+        Some(f64::from(frames))
+    );
     let commits = metric(&text, "sessiond_writer_commits_total").unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let text = server.get("/metrics").text();
