@@ -218,7 +218,7 @@ impl<'a> Tx<'a> {
 
     /// Runs the change `sql` with `params` and returns how many rows it changed. In the writer the
     /// statement stays prepared for the life of the connection ([`HeldStatements`]); for the
-    /// changes every create or audit row makes.
+    /// statements every batch, create or audit row runs.
     pub fn execute(&self, sql: &'static str, params: &[&dyn ToSql]) -> rusqlite::Result<usize> {
         match self.held {
             Some(held) => held.execute(sql, params),
@@ -229,7 +229,7 @@ impl<'a> Tx<'a> {
 
 /// Runs a statement kept prepared (the object-safe face of [`HeldStatements`], so that [`Tx`] has
 /// one lifetime).
-pub trait ExecuteHeld {
+trait ExecuteHeld {
     fn execute(&self, sql: &'static str, params: &[&dyn ToSql]) -> rusqlite::Result<usize>;
 }
 
@@ -238,7 +238,7 @@ pub trait ExecuteHeld {
 /// whole text to find a statement and hashes it again to put it back, about 1,500 instructions for
 /// a 250-byte insert; a share create ran three. The same text at two addresses is merely held
 /// twice; past [`HeldStatements::MAX`] statements the cache serves the rest.
-pub struct HeldStatements<'c> {
+pub(crate) struct HeldStatements<'c> {
     conn: &'c Connection,
     statements: std::cell::RefCell<Vec<(usize, usize, rusqlite::Statement<'c>)>>,
 }
@@ -250,6 +250,14 @@ impl<'c> HeldStatements<'c> {
         HeldStatements {
             conn,
             statements: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+
+    /// A transaction view of the connection whose changes come from these statements.
+    pub fn tx(&self) -> Tx<'_> {
+        Tx {
+            conn: self.conn,
+            held: Some(self),
         }
     }
 }
@@ -357,10 +365,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)")
             .unwrap();
         let held = HeldStatements::new(&conn);
-        let tx = Tx {
-            conn: &conn,
-            held: Some(&held),
-        };
+        let tx = held.tx();
         const INSERT: &str = "INSERT INTO t (v) VALUES (?1)";
         for v in ["a", "b", "c"] {
             assert_eq!(tx.execute(INSERT, &[&v]).unwrap(), 1);

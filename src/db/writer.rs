@@ -288,6 +288,7 @@ fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats, mut checkpoi
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut wal_has_frames = true;
     let held = HeldStatements::new(&conn);
+    let tx = held.tx();
     loop {
         let mut shutdown = None;
         let first = if wal_has_frames {
@@ -312,7 +313,7 @@ fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats, mut checkpoi
             }
         }
         if !batch.is_empty() {
-            commit_batch(&conn, &held, &mut batch, stats);
+            commit_batch(&tx, &mut batch, stats);
             checkpoints.after_commit(&conn);
             wal_has_frames = true;
         }
@@ -322,7 +323,7 @@ fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats, mut checkpoi
                 batch.push(job);
             }
             if !batch.is_empty() {
-                commit_batch(&conn, &held, &mut batch, stats);
+                commit_batch(&tx, &mut batch, stats);
             }
             checkpoints.stop();
             if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
@@ -372,27 +373,22 @@ enum Ran {
     Dirty,
 }
 
-fn commit_batch(
-    conn: &Connection,
-    held: &HeldStatements,
-    batch: &mut Vec<Box<dyn Job>>,
-    stats: &WriterStats,
-) {
+fn commit_batch(tx: &Tx, batch: &mut Vec<Box<dyn Job>>, stats: &WriterStats) {
     let started = Instant::now();
     let size = batch.len() as u64;
-    let ran = match run_batch(conn, held, batch, Mode::Optimistic) {
+    let ran = match run_batch(tx, batch, Mode::Optimistic) {
         Ok(Ran::Dirty) => {
             stats.redone_batches.fetch_add(1, Ordering::Relaxed);
-            let _ = exec_cached(conn, "ROLLBACK");
-            run_batch(conn, held, batch, Mode::Savepoints)
+            let _ = exec(tx, "ROLLBACK");
+            run_batch(tx, batch, Mode::Savepoints)
         }
         other => other,
     };
-    let mut commit = ran.and_then(|_| exec_cached(conn, "COMMIT"));
+    let mut commit = ran.and_then(|_| exec(tx, "COMMIT"));
     if let Err(e) = &commit {
         log::error!("group commit of {size} jobs failed: {e}");
-        if !conn.is_autocommit() {
-            let _ = exec_cached(conn, "ROLLBACK");
+        if !tx.conn.is_autocommit() {
+            let _ = exec(tx, "ROLLBACK");
         }
         stats.failed_commits.fetch_add(1, Ordering::Relaxed);
         if let Error::Internal(_) = e {
@@ -418,32 +414,24 @@ fn commit_batch(
 
 /// Begins a transaction and runs every job of the batch in it (stopping early only when a job
 /// leaves a dirty failure in optimistic mode). The transaction is left open for the caller.
-fn run_batch(
-    conn: &Connection,
-    held: &HeldStatements,
-    batch: &mut [Box<dyn Job>],
-    mode: Mode,
-) -> Result<Ran> {
-    exec_cached(conn, "BEGIN IMMEDIATE")?;
-    let tx = Tx {
-        conn,
-        held: Some(held),
-    };
+fn run_batch(tx: &Tx, batch: &mut [Box<dyn Job>], mode: Mode) -> Result<Ran> {
+    let conn = tx.conn;
+    exec(tx, "BEGIN IMMEDIATE")?;
     for job in batch.iter_mut() {
         match mode {
             Mode::Optimistic => {
                 let before = conn.total_changes();
-                if !job.run(&tx) && conn.total_changes() != before {
+                if !job.run(tx) && conn.total_changes() != before {
                     return Ok(Ran::Dirty);
                 }
             }
             Mode::Savepoints => {
-                exec_cached(conn, "SAVEPOINT job")?;
-                if job.run(&tx) {
-                    exec_cached(conn, "RELEASE job")?;
+                exec(tx, "SAVEPOINT job")?;
+                if job.run(tx) {
+                    exec(tx, "RELEASE job")?;
                 } else {
-                    exec_cached(conn, "ROLLBACK TO job")?;
-                    exec_cached(conn, "RELEASE job")?;
+                    exec(tx, "ROLLBACK TO job")?;
+                    exec(tx, "RELEASE job")?;
                 }
             }
         }
@@ -458,10 +446,10 @@ fn run_batch(
     Ok(Ran::Clean)
 }
 
-/// Runs a statement without results from the connection's statement cache (these run once or
-/// more per batch).
-fn exec_cached(conn: &Connection, sql: &str) -> Result<()> {
-    conn.prepare_cached(sql)?.execute([])?;
+/// Runs a statement without parameters or results: the transaction control of every batch, held
+/// prepared with the jobs' hottest changes.
+fn exec(tx: &Tx, sql: &'static str) -> Result<()> {
+    tx.execute(sql, &[])?;
     Ok(())
 }
 
@@ -527,7 +515,7 @@ mod tests {
             batch.push(job);
             answers.push((answer, runs));
         }
-        commit_batch(&conn, &HeldStatements::new(&conn), &mut batch, &stats);
+        commit_batch(&HeldStatements::new(&conn).tx(), &mut batch, &stats);
         let answers = answers
             .into_iter()
             .map(|(a, runs)| (a.wait().unwrap(), runs.load(Ordering::SeqCst)))
