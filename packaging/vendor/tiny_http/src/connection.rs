@@ -124,6 +124,42 @@ impl Connection {
         }
     }
 
+    /// sessiond patch: writes what fits in the socket's send buffer now and returns how much that
+    /// was, or fails with `WouldBlock` when nothing fits; never waits. One `send` with
+    /// `MSG_DONTWAIT`, so the socket stays blocking for everyone else (no `ioctl` pair).
+    #[cfg(unix)]
+    #[allow(unsafe_code)]
+    pub(crate) fn write_now(&self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::os::unix::io::AsRawFd;
+        let fd = match self {
+            Self::Tcp(s) => s.as_raw_fd(),
+            Self::Unix(s) => s.as_raw_fd(),
+        };
+        loop {
+            // SAFETY: `buf` is valid for `buf.len()` bytes and `fd` is this connection's open socket.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub(crate) fn write_now(&self, _buf: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+
     /// sessiond patch: so that answering a refused connection can never block the accept loop.
     pub(crate) fn set_nonblocking(&self, on: bool) -> std::io::Result<()> {
         match self {

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
 
-use crate::util::{EqualReader, FusedReader};
+use crate::util::{EqualReader, FusedReader, SequentialWriter, WriteNow};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
 
@@ -53,7 +53,7 @@ pub struct Request {
     data_reader: Option<Box<dyn Read + Send + 'static>>,
 
     // if this writer is empty, then the request has been answered
-    response_writer: Option<Box<dyn Write + Send + 'static>>,
+    response_writer: Option<Box<dyn ResponseWrite + 'static>>,
 
     remote_addr: Option<SocketAddr>,
 
@@ -75,6 +75,53 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+}
+
+/// sessiond patch: the writer of a request's response, which may also write without waiting
+/// (see [`Request::try_respond_raw`]).
+pub(crate) trait ResponseWrite: Write + Send {
+    /// Writes what can be written at once; `WouldBlock` when nothing can.
+    fn write_now(&mut self, _buf: &[u8]) -> IoResult<usize> {
+        Err(ErrorKind::WouldBlock.into())
+    }
+}
+
+impl ResponseWrite for io::Sink {}
+
+impl<W: WriteNow> ResponseWrite for SequentialWriter<W> {
+    fn write_now(&mut self, buf: &[u8]) -> IoResult<usize> {
+        SequentialWriter::write_now(self, buf)
+    }
+}
+
+/// sessiond patch: a response [`Request::try_respond_raw`] could not send whole without
+/// waiting. [`Unsent::respond_raw`] sends the rest, waiting as [`Request::respond_raw`] does.
+pub struct Unsent {
+    request: Request,
+    /// The whole response and how much of it is already written; `None` when nothing was built
+    /// (a response `respond_raw` sends chunked).
+    rest: Option<(Vec<u8>, usize)>,
+}
+
+impl Unsent {
+    /// Sends the rest of the response: give it the arguments given to `try_respond_raw`.
+    pub fn respond_raw<'h, H>(mut self, status: u16, headers: H, body: &[u8]) -> Result<(), IoError>
+    where
+        H: IntoIterator<Item = (&'h str, &'h str)>,
+    {
+        let Some((out, written)) = self.rest.take() else {
+            return self.request.respond_raw(status, headers, body);
+        };
+        let mut request = self.request;
+        let mut writer = request.extract_writer_impl();
+        let res = Request::ignore_client_closing_errors(writer.write_all(&out[written..]))
+            .and_then(|()| Request::ignore_client_closing_errors(writer.flush()));
+        drop(writer);
+        if let Some(sender) = request.notify_when_responded.take() {
+            sender.send(()).unwrap();
+        }
+        res
+    }
 }
 
 struct NotifyOnDrop<R> {
@@ -142,7 +189,7 @@ pub fn new_request<R, W>(
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
-    W: Write + Send + 'static,
+    W: ResponseWrite + 'static,
 {
     // finding the transfer-encoding header
     let transfer_encoding = headers
@@ -230,7 +277,7 @@ where
 
     Ok(Request {
         data_reader: Some(reader),
-        response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
+        response_writer: Some(Box::new(writer) as Box<dyn ResponseWrite + 'static>),
         remote_addr,
         secure,
         method,
@@ -437,7 +484,7 @@ impl Request {
             };
             Box::new(writer) as Box<dyn Write + Send + 'static>
         } else {
-            writer
+            Box::new(writer)
         }
     }
 
@@ -445,7 +492,7 @@ impl Request {
     /// as the object returned by `into_writer` above.
     ///
     /// This may only be called once on a single request.
-    fn extract_writer_impl(&mut self) -> Box<dyn Write + Send + 'static> {
+    fn extract_writer_impl(&mut self) -> Box<dyn ResponseWrite + 'static> {
         use std::mem;
 
         assert!(self.response_writer.is_some());
@@ -522,6 +569,67 @@ impl Request {
     where
         H: IntoIterator<Item = (&'h str, &'h str)>,
     {
+        let out = self.raw_response(status, headers, body);
+        let mut writer = self.extract_writer_impl();
+        Self::ignore_client_closing_errors(writer.write_all(&out))?;
+        Self::ignore_client_closing_errors(writer.flush())
+    }
+
+    /// sessiond patch: like [`Request::respond_raw`], but only what the connection takes at once
+    /// is written. A response not sent whole comes back as an [`Unsent`], to be finished on a
+    /// thread that may wait: the connection's socket was full, or an earlier response on the same
+    /// connection (pipelined) was not written yet. What `respond_raw` sends chunked is not tried.
+    pub fn try_respond_raw<'h, H>(
+        mut self,
+        status: u16,
+        headers: H,
+        body: &[u8],
+    ) -> Result<Result<(), IoError>, Unsent>
+    where
+        H: IntoIterator<Item = (&'h str, &'h str)>,
+    {
+        let identity = crate::response::sends_identity(
+            status,
+            &self.headers,
+            &self.http_version,
+            body.len(),
+        );
+        if !identity {
+            return Err(Unsent {
+                request: self,
+                rest: None,
+            });
+        }
+        let out = self.raw_response(status, headers, body);
+        let writer = self.response_writer.as_mut().expect("response writer");
+        let written = match writer.write_now(&out) {
+            Ok(n) if n == out.len() => Ok(()),
+            Ok(n) => {
+                return Err(Unsent {
+                    request: self,
+                    rest: Some((out, n)),
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                return Err(Unsent {
+                    request: self,
+                    rest: Some((out, 0)),
+                })
+            }
+            Err(e) => Self::ignore_client_closing_errors(Err(e)),
+        };
+        drop(self.extract_writer_impl());
+        if let Some(sender) = self.notify_when_responded.take() {
+            sender.send(()).unwrap();
+        }
+        Ok(written)
+    }
+
+    /// sessiond patch: the bytes `respond_raw` writes for an identity response.
+    fn raw_response<'h, H>(&self, status: u16, headers: H, body: &[u8]) -> Vec<u8>
+    where
+        H: IntoIterator<Item = (&'h str, &'h str)>,
+    {
         let status_code = StatusCode(status);
         // The status line, `Server`, `Date` and `Content-Length` take about 110 bytes; the
         // headers given, a few dozen each.
@@ -561,9 +669,7 @@ impl Request {
         if !no_body {
             out.extend_from_slice(body);
         }
-        let mut writer = self.extract_writer_impl();
-        Self::ignore_client_closing_errors(writer.write_all(&out))?;
-        Self::ignore_client_closing_errors(writer.flush())
+        out
     }
 
     fn respond_impl<R>(&mut self, response: Response<R>) -> Result<(), IoError>

@@ -216,6 +216,16 @@ impl RefinedTcpStream {
         self.clock.clone()
     }
 
+    /// sessiond patch: writes what the socket takes now, without waiting (see
+    /// `Connection::write_now`); an encrypted stream takes nothing this way.
+    pub(crate) fn write_now(&self, buf: &[u8]) -> IoResult<usize> {
+        match &self.stream {
+            Stream::Http(connection) => connection.write_now(buf),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
     /// sessiond patch: bounds how long one write may block on a client that does not read.
     pub(crate) fn set_write_timeout(&self, t: Option<Duration>) -> IoResult<()> {
         self.stream.set_write_timeout(t)

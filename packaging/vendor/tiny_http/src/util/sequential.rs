@@ -110,6 +110,41 @@ impl<T> Receiver<T> {
     }
 }
 
+impl<T> Receiver<T> {
+    /// sessiond patch: the value if it was sent, `None` while it is not; never waits.
+    fn try_recv(&mut self) -> Option<Result<T, RecvError>> {
+        let mut slot = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        match mem::replace(&mut slot.state, State::Taken) {
+            State::Sent(value) => Some(Ok(value)),
+            State::Waiting => {
+                slot.state = State::Waiting;
+                None
+            }
+            State::Taken => Some(Err(RecvError)),
+            State::Dropped => {
+                slot.state = State::Dropped;
+                Some(Err(RecvError))
+            }
+        }
+    }
+}
+
+/// sessiond patch: a writer that can take bytes without waiting (see `SequentialWriter::write_now`).
+pub trait WriteNow: Write + Send {
+    /// Writes what can be written at once, or fails with `WouldBlock` when nothing can.
+    fn write_now(&mut self, buf: &[u8]) -> IoResult<usize>;
+}
+
+impl WriteNow for std::io::BufWriter<crate::util::RefinedTcpStream> {
+    fn write_now(&mut self, buf: &[u8]) -> IoResult<usize> {
+        // Bytes still buffered would have to go first, and sending them may wait.
+        if !self.buffer().is_empty() {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        self.get_ref().write_now(buf)
+    }
+}
+
 pub struct SequentialReaderBuilder<R>
 where
     R: Read + Send,
@@ -264,6 +299,23 @@ impl<W: Write + Send> Write for SequentialWriter<W> {
         self.trigger = None;
 
         self.writer.lock().unwrap().flush()
+    }
+}
+
+impl<W: WriteNow> SequentialWriter<W> {
+    /// sessiond patch: writes what the connection takes at once, without waiting for the turn
+    /// of an earlier response on the same connection nor for room in the socket: `WouldBlock`
+    /// when nothing could be written. A response written this way in part is finished through
+    /// `Write`, which waits.
+    pub fn write_now(&mut self, buf: &[u8]) -> IoResult<usize> {
+        if let Some(v) = self.trigger.as_mut() {
+            match v.try_recv() {
+                None => return Err(std::io::ErrorKind::WouldBlock.into()),
+                Some(turn) => turn.unwrap(),
+            }
+        }
+        self.trigger = None;
+        self.writer.lock().unwrap().write_now(buf)
     }
 }
 
