@@ -12,6 +12,11 @@
 //! (seen in `total_changes`) makes the writer roll the whole batch back and run it again, this time
 //! with a savepoint around every job ([`Mode::Savepoints`]). That is why a job must be safe to run
 //! twice: its closure is `FnMut`, and it keeps its effects inside the transaction.
+//!
+//! A job's sender either waits for its answer ([`Writer::exec`]) or hands over what to do with it
+//! and returns at once ([`Writer::submit`]). Those answers run after the commit on the writer's
+//! answering thread ([`Answerer`]), one wake-up per commit for all of them: a request whose
+//! response is written there needs no thread of its own waiting for the commit.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -72,14 +77,139 @@ trait Job: Send {
     /// Runs the job (again, if it ran before: the earlier result is dropped); `false` means it
     /// failed.
     fn run(&mut self, tx: &Tx) -> bool;
-    /// Answers the sender once the batch's fate is known.
-    fn finish(self: Box<Self>, commit: Result<()>);
+    /// Answers the sender once the batch's fate is known: a waiting sender at once, a submitted
+    /// job by leaving its answer in `later` for the answering thread.
+    fn finish(self: Box<Self>, commit: Result<()>, later: &mut Vec<Answer>);
 }
 
 struct TypedJob<T, F> {
     work: F,
     result: Option<Result<T>>,
-    reply: Reply<T>,
+    reply: Deliver<T>,
+}
+
+/// Where a job's answer goes.
+enum Deliver<T> {
+    /// To a sender waiting in [`Writer::exec`].
+    Wait(Reply<T>),
+    /// To what [`Writer::submit`] was given, run on the answering thread.
+    Then(Then<T>),
+}
+
+/// What a submitted job's sender does with its answer. It is called exactly once: dropped
+/// uncalled (the writer stopped, or was gone when the job was submitted), it is told the store is
+/// shutting down, on the thread that drops it.
+struct Then<T>(Option<Box<dyn FnOnce(Result<T>) + Send>>);
+
+impl<T> Then<T> {
+    fn call(mut self, answer: Result<T>) {
+        if let Some(then) = self.0.take() {
+            then(answer);
+        }
+    }
+}
+
+impl<T> Drop for Then<T> {
+    fn drop(&mut self) {
+        if let Some(then) = self.0.take() {
+            then(Err(Error::Unavailable("The store is shutting down".into())));
+        }
+    }
+}
+
+/// An answer to run on the answering thread.
+type Answer = Box<dyn FnOnce() + Send>;
+
+/// The writer's answering thread: runs the answers of submitted jobs after their commit, so the
+/// writer goes on to the next batch at once and the senders need no thread waiting for the
+/// commit. The writer hands it each commit's answers together (one wake-up, and none while it is
+/// still busy with the last ones); it runs them in commit order. Dropping it runs what is left
+/// and joins the thread.
+struct Answerer {
+    queue: Arc<AnswerQueue>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct AnswerQueue {
+    state: Mutex<AnswerState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct AnswerState {
+    answers: Vec<Answer>,
+    /// Whether the thread sleeps on `ready` (a notification is a system call; skip it otherwise).
+    sleeping: bool,
+    closed: bool,
+}
+
+impl Answerer {
+    fn start() -> Answerer {
+        let queue = Arc::new(AnswerQueue {
+            state: Mutex::new(AnswerState::default()),
+            ready: Condvar::new(),
+        });
+        let thread = {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("answerer".into())
+                .spawn(move || answer_loop(&queue))
+                .expect("spawn the answering thread")
+        };
+        Answerer {
+            queue,
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues `answers` (emptying it) and wakes the thread if it sleeps.
+    fn hand(&self, answers: &mut Vec<Answer>) {
+        if answers.is_empty() {
+            return;
+        }
+        let mut state = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.answers.append(answers);
+        if state.sleeping {
+            self.queue.ready.notify_one();
+        }
+    }
+}
+
+impl Drop for Answerer {
+    fn drop(&mut self) {
+        self.queue
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+        self.queue.ready.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn answer_loop(queue: &AnswerQueue) {
+    let mut mine: Vec<Answer> = Vec::new();
+    loop {
+        {
+            let mut state = queue.state.lock().unwrap_or_else(|e| e.into_inner());
+            while state.answers.is_empty() && !state.closed {
+                state.sleeping = true;
+                state = queue.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+                state.sleeping = false;
+            }
+            if state.answers.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut mine, &mut state.answers);
+        }
+        for answer in mine.drain(..) {
+            if catch_unwind(AssertUnwindSafe(answer)).is_err() {
+                log::error!("an answer after a commit panicked");
+            }
+        }
+    }
 }
 
 /// Where the writer puts one job's answer for the worker waiting on it.
@@ -148,7 +278,7 @@ impl<T> Drop for Reply<T> {
 
 impl<T, F> Job for TypedJob<T, F>
 where
-    T: Send,
+    T: Send + 'static,
     F: FnMut(&Tx) -> Result<T> + Send,
 {
     fn run(&mut self, tx: &Tx) -> bool {
@@ -160,7 +290,7 @@ where
         ok
     }
 
-    fn finish(self: Box<Self>, commit: Result<()>) {
+    fn finish(self: Box<Self>, commit: Result<()>, later: &mut Vec<Answer>) {
         let answer = match (commit, self.result) {
             (_, Some(Err(e))) => Err(e),
             (Err(e), _) => Err(e),
@@ -169,7 +299,10 @@ where
                 "The store did not run the change".into(),
             )),
         };
-        self.reply.send(answer);
+        match self.reply {
+            Deliver::Wait(reply) => reply.send(answer),
+            Deliver::Then(then) => later.push(Box::new(move || then.call(answer))),
+        }
     }
 }
 
@@ -194,13 +327,14 @@ impl Writer {
         let alive = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(WriterStats::default());
         let checkpoints = Checkpoints::start(&mut conn, stats.clone());
+        let answerer = Answerer::start();
         let thread = {
             let alive = alive.clone();
             let stats = stats.clone();
             std::thread::Builder::new()
                 .name("writer".into())
                 .spawn(move || {
-                    run(conn, inbox, &stats, checkpoints);
+                    run(conn, inbox, &stats, checkpoints, answerer);
                     alive.store(false, Ordering::SeqCst);
                 })
                 .expect("spawn the writer thread")
@@ -225,7 +359,7 @@ impl Writer {
         let job = TypedJob {
             work,
             result: None,
-            reply,
+            reply: Deliver::Wait(reply),
         };
         self.queue
             .send(Msg::Job(Box::new(job)))
@@ -238,6 +372,27 @@ impl Writer {
         answer
             .wait()
             .unwrap_or_else(|| Err(Error::Unavailable("The store is shutting down".into())))
+    }
+
+    /// Queues `work` for the next group commit and returns at once; `then` gets its result once
+    /// the commit is durable (or the change failed), on the writer's answering thread. `then` is
+    /// called exactly once: with `Unavailable` when the writer is gone or stops first, then on
+    /// the thread that finds out (this one, if it is already gone). `work` may run twice, as in
+    /// [`Writer::exec`]; `then` must not wait for anything slow, since the answers of later
+    /// commits wait behind it.
+    pub fn submit<T, F, G>(&self, work: F, then: G)
+    where
+        T: Send + 'static,
+        F: FnMut(&Tx) -> Result<T> + Send + 'static,
+        G: FnOnce(Result<T>) + Send + 'static,
+    {
+        let job = TypedJob {
+            work,
+            result: None,
+            reply: Deliver::Then(Then(Some(Box::new(then)))),
+        };
+        // A writer that is gone gives the job back in the error; dropping it calls `then`.
+        let _ = self.queue.send(Msg::Job(Box::new(job)));
     }
 
     pub fn is_alive(&self) -> bool {
@@ -284,8 +439,15 @@ impl Writer {
 ///
 /// **Checkpoints under load** run on the checkpointer's thread; after each commit the writer only
 /// tells it when the WAL has grown, and finishes what it left ([`Checkpoints::after_commit`]).
-fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats, mut checkpoints: Checkpoints) {
+fn run(
+    conn: Connection,
+    inbox: Receiver<Msg>,
+    stats: &WriterStats,
+    mut checkpoints: Checkpoints,
+    answerer: Answerer,
+) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    let mut later: Vec<Answer> = Vec::with_capacity(MAX_BATCH);
     let mut wal_has_frames = true;
     let held = HeldStatements::new(&conn);
     let tx = held.tx();
@@ -313,7 +475,8 @@ fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats, mut checkpoi
             }
         }
         if !batch.is_empty() {
-            commit_batch(&tx, &mut batch, stats);
+            commit_batch(&tx, &mut batch, stats, &mut later);
+            answerer.hand(&mut later);
             checkpoints.after_commit(&conn);
             wal_has_frames = true;
         }
@@ -323,8 +486,11 @@ fn run(conn: Connection, inbox: Receiver<Msg>, stats: &WriterStats, mut checkpoi
                 batch.push(job);
             }
             if !batch.is_empty() {
-                commit_batch(&tx, &mut batch, stats);
+                commit_batch(&tx, &mut batch, stats, &mut later);
+                answerer.hand(&mut later);
             }
+            // Every answer runs before the writer says it is done.
+            drop(answerer);
             checkpoints.stop();
             if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
                 log::error!("final WAL checkpoint failed: {e}");
@@ -373,7 +539,14 @@ enum Ran {
     Dirty,
 }
 
-fn commit_batch(tx: &Tx, batch: &mut Vec<Box<dyn Job>>, stats: &WriterStats) {
+/// Runs and commits `batch`, then answers its jobs: waiting senders at once, the answers of
+/// submitted jobs into `later`.
+fn commit_batch(
+    tx: &Tx,
+    batch: &mut Vec<Box<dyn Job>>,
+    stats: &WriterStats,
+    later: &mut Vec<Answer>,
+) {
     let started = Instant::now();
     let size = batch.len() as u64;
     let ran = match run_batch(tx, batch, Mode::Optimistic) {
@@ -408,7 +581,7 @@ fn commit_batch(tx: &Tx, batch: &mut Vec<Box<dyn Job>>, stats: &WriterStats) {
             Ok(()) => Ok(()),
             Err(e) => Err(Error::Unavailable(e.public_message().to_string())),
         };
-        job.finish(commit);
+        job.finish(commit, later);
     }
 }
 
@@ -485,7 +658,7 @@ mod tests {
         let job = TypedJob {
             work,
             result: None,
-            reply,
+            reply: Deliver::Wait(reply),
         };
         (Box::new(job), answer)
     }
@@ -515,7 +688,12 @@ mod tests {
             batch.push(job);
             answers.push((answer, runs));
         }
-        commit_batch(&HeldStatements::new(&conn).tx(), &mut batch, &stats);
+        commit_batch(
+            &HeldStatements::new(&conn).tx(),
+            &mut batch,
+            &stats,
+            &mut Vec::new(),
+        );
         let answers = answers
             .into_iter()
             .map(|(a, runs)| (a.wait().unwrap(), runs.load(Ordering::SeqCst)))
@@ -548,6 +726,71 @@ mod tests {
             assert!(slot.wait().is_none());
             dropper.join().unwrap();
         }
+    }
+
+    /// Submitted jobs are answered on the answering thread, each once, in the order they were
+    /// queued, and only once their rows are committed (a separate read connection sees them). A
+    /// failed job is answered with its error, a panicking answer stops no other, and a job
+    /// submitted to a stopped writer is answered at once, on the submitting thread.
+    #[test]
+    fn submitted_jobs_are_answered_after_their_commit_once_each_and_in_order() {
+        let dir = TestDir::new("writer-submit");
+        let path = dir.join("w.db");
+        let conn = open(&path, Access::ReadWrite, true).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL UNIQUE)")
+            .unwrap();
+        let check = Arc::new(Mutex::new(open(&path, Access::ReadOnly, true).unwrap()));
+        let writer = Writer::start(conn);
+        let (answered, answers) = crossbeam_channel::unbounded();
+        for v in 0..200i64 {
+            let (answered, check) = (answered.clone(), check.clone());
+            let work = move |tx: &Tx| {
+                if v == 50 {
+                    return Err(Error::Conflict("refused".into()));
+                }
+                tx.conn.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                Ok(v)
+            };
+            writer.submit(work, move |result: Result<i64>| {
+                let stored: i64 = check
+                    .lock()
+                    .unwrap()
+                    .query_row("SELECT count(*) FROM t WHERE v = ?1", [v], |r| r.get(0))
+                    .unwrap();
+                let thread = std::thread::current().name().map(str::to_string);
+                answered.send((v, result.ok(), stored, thread)).unwrap();
+                assert_ne!(v, 70, "an answer that panics");
+            });
+        }
+        for v in 0..200i64 {
+            let (got, result, stored, thread) =
+                answers.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(got, v, "answers come in the order the jobs were queued");
+            assert_eq!(thread.as_deref(), Some("answerer"));
+            if v == 50 {
+                assert_eq!((result, stored), (None, 0));
+            } else {
+                assert_eq!(
+                    (result, stored),
+                    (Some(v), 1),
+                    "answered before it was committed"
+                );
+            }
+        }
+        writer.shutdown(Duration::from_secs(10));
+        assert!(answers.try_recv().is_err(), "a job was answered twice");
+
+        let (answered, answers) = crossbeam_channel::unbounded();
+        writer.submit(
+            |_: &Tx| Ok(1),
+            move |result: Result<i64>| {
+                let thread = std::thread::current().id();
+                answered.send((result, thread)).unwrap();
+            },
+        );
+        let (result, thread) = answers.try_recv().expect("answered at once");
+        assert!(matches!(result, Err(Error::Unavailable(_))));
+        assert_eq!(thread, std::thread::current().id());
     }
 
     #[test]
