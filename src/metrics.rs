@@ -31,6 +31,10 @@ pub struct Metrics {
     pub backups_ok: AtomicU64,
     pub backups_failed: AtomicU64,
     pub last_backup_unix: AtomicU64,
+    /// Responses the writer's answering thread wrote after their change's commit.
+    pub responses_after_commit: AtomicU64,
+    /// Of those, the ones the connection did not take at once, finished by a thread of their own.
+    pub responses_finished_later: AtomicU64,
 }
 
 /// Figures read at scrape time.
@@ -184,6 +188,18 @@ impl Metrics {
                 "gauge",
                 "The largest group commit so far.",
                 w.largest_batch.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "sessiond_http_responses_after_commit_total",
+                "counter",
+                "Responses written after their change's commit by the writer's answering thread, with no request thread waiting for the commit.",
+                self.responses_after_commit.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "sessiond_http_responses_finished_later_total",
+                "counter",
+                "Responses written after a commit that the connection did not take at once (a client not reading, or an earlier response of the connection not yet written), finished by a thread of their own.",
+                self.responses_finished_later.load(Ordering::Relaxed) as f64,
             ),
             (
                 "sessiond_access_log_dropped_total",

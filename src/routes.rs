@@ -275,7 +275,7 @@ pub fn dispatch(ctx: &Ctx, req: &Req) -> (&'static str, Resp) {
     };
     match lookup(method, &segs) {
         Some((template, dialect, handler)) => match handler(ctx, req) {
-            Ok(resp) => (template, resp),
+            Ok(resp) => (template, resp.in_dialect(dialect)),
             Err(e) => {
                 if let Error::Internal(cause) = &e {
                     log::error!("{} {template} [{}]: {cause}", req.method, req.request_id);

@@ -20,9 +20,9 @@ use serde::Serialize;
 
 use crate::auth::{RateLimiter, Throttle};
 use crate::config::Config;
-use crate::db::{self, Reader, Writer};
+use crate::db::{self, Reader, Tx, Writer};
 use crate::domain::time::{Millis, now_ms};
-use crate::error::{Error, Result};
+use crate::error::{Dialect, Error, Result};
 use crate::viewers::Viewers;
 use crate::{reaper, routes};
 
@@ -165,6 +165,73 @@ pub struct Resp {
     pub body: Vec<u8>,
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
+    /// Set by [`Resp::after_commit`]: the response is made once a change is committed, and the
+    /// fields above mean nothing until then.
+    after_commit: Option<AfterCommit>,
+}
+
+/// A response that exists once a change is committed: the change, still to be queued, and what
+/// makes the response from its result (see [`Resp::after_commit`]).
+pub struct AfterCommit {
+    submit: Submit,
+    /// The dialect its errors are answered in (the routing table sets it).
+    dialect: Dialect,
+}
+
+/// Queues an [`AfterCommit`]'s change on the writer, with what the edge does once it is committed.
+type Submit = Box<dyn FnOnce(&Writer, Done) + Send>;
+
+/// Makes the response of an [`AfterCommit`] once its change's result is known.
+type Finish = Box<dyn FnOnce(&App) -> Result<Resp> + Send>;
+
+/// What the edge does with a [`Finish`]: called once, on the writer's answering thread (or on
+/// the thread that finds the writer gone).
+type Done = Box<dyn FnOnce(Finish) + Send>;
+
+impl AfterCommit {
+    /// Queues the change; `done` gets what makes the response once it is committed.
+    fn submit(self, writer: &Writer, done: Done) {
+        (self.submit)(writer, done)
+    }
+
+    /// Queues the change and waits for its commit here (a connection with a response still
+    /// outstanding, and [`respond`]): the response, errors in the route's dialect.
+    fn wait(self, app: &App) -> Resp {
+        let dialect = self.dialect;
+        let slot = Arc::new((std::sync::Mutex::new(None), std::sync::Condvar::new()));
+        let filled = slot.clone();
+        self.submit(
+            &app.writer,
+            Box::new(move |finish| {
+                *filled.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(finish);
+                filled.1.notify_one();
+            }),
+        );
+        let mut finish = slot.0.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(finish) = finish.take() {
+                return made(finish, app, dialect);
+            }
+            finish = slot.1.wait(finish).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The response `finish` makes, its error in `dialect`, or a 500 if it panics.
+fn made(finish: Finish, app: &App, dialect: Dialect) -> Resp {
+    match catch_unwind(AssertUnwindSafe(|| finish(app))) {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            if let Error::Internal(cause) = &e {
+                log::error!("after a commit: {cause}");
+            }
+            e.into_resp(dialect)
+        }
+        Err(_) => {
+            log::error!("a response made after a commit panicked");
+            Error::Internal("panic".into()).into_resp(dialect)
+        }
+    }
 }
 
 impl Resp {
@@ -181,6 +248,7 @@ impl Resp {
             body,
             content_type: "application/json",
             headers: Vec::new(),
+            after_commit: None,
         }
     }
 
@@ -191,6 +259,7 @@ impl Resp {
             body,
             content_type: "application/json",
             headers: Vec::new(),
+            after_commit: None,
         }
     }
 
@@ -200,6 +269,7 @@ impl Resp {
             body: body.into_bytes(),
             content_type,
             headers: Vec::new(),
+            after_commit: None,
         }
     }
 
@@ -210,11 +280,49 @@ impl Resp {
             body: Vec::new(),
             content_type: "application/json",
             headers: Vec::new(),
+            after_commit: None,
         }
     }
 
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Resp {
         self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The response to a change that is committed before it is answered: `work` runs in a group
+    /// commit (as [`Writer::exec`] runs it; it may run twice), and `then` makes the response from
+    /// its result once the commit is durable. The edge queues the change and lets the
+    /// connection's thread go back to the connection; `then` runs on the writer's answering
+    /// thread, which writes the response. An `Err` from either is answered in the route's
+    /// dialect. `then` must be quick: the responses of later commits wait behind it.
+    pub fn after_commit<T, F, G>(work: F, then: G) -> Resp
+    where
+        T: Send + 'static,
+        F: FnMut(&Tx) -> Result<T> + Send + 'static,
+        G: FnOnce(&App, Result<T>) -> Result<Resp> + Send + 'static,
+    {
+        let submit = move |writer: &Writer, done: Done| {
+            writer.submit(work, move |result| {
+                done(Box::new(move |app: &App| then(app, result)))
+            })
+        };
+        Resp {
+            status: 0,
+            body: Vec::new(),
+            content_type: "application/json",
+            headers: Vec::new(),
+            after_commit: Some(AfterCommit {
+                submit: Box::new(submit),
+                dialect: Dialect::Share,
+            }),
+        }
+    }
+
+    /// Answers the errors of a response made after a commit in `dialect` (the routing table's).
+    pub fn in_dialect(mut self, dialect: Dialect) -> Resp {
+        if let Some(after) = &mut self.after_commit {
+            after.dialect = dialect;
+        }
         self
     }
 }
@@ -247,6 +355,7 @@ pub fn serve(cfg: Config) -> Result<i32> {
     let listener = TcpListener::bind(cfg.listen)
         .map_err(|e| Error::Internal(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let local = listener.local_addr()?;
+    set_send_buffer(&listener, cfg.send_buffer)?;
     let app = App::new(cfg, writer);
     app.viewers.note_stored(stored_viewers);
     let app = Arc::new(app);
@@ -314,6 +423,33 @@ pub fn serve(cfg: Config) -> Result<i32> {
     app.access_log.finish();
     log::info!("stopped");
     Ok(if fatal { 1 } else { 0 })
+}
+
+/// Sets `SO_SNDBUF` on the listener, which every accepted connection inherits (0: leaves the
+/// kernel's autotuning, up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default). A set size bounds
+/// the kernel memory a client that stops reading can hold, as nginx's `listen … sndbuf=` does;
+/// a response that does not fit waits for the client under the write timeout.
+fn set_send_buffer(listener: &TcpListener, bytes: usize) -> Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    use std::os::fd::AsRawFd;
+    let size = bytes as libc::c_int;
+    // SAFETY: a valid socket descriptor and a pointer to an int of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::Internal(format!("cannot set send_buffer: {e}")));
+    }
+    Ok(())
 }
 
 /// Waits for `thread` to end until `deadline`; false (and the thread left running) when it did not.
@@ -440,10 +576,13 @@ thread_local! {
     static THREAD: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
     /// Whether this thread holds a turn to run.
     static HOLDS_TURN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set while a response this thread left to the writer's answering thread is not written
+    /// yet (see [`answer_after_commit`]).
+    static OUTSTANDING: Arc<AtomicBool> = Arc::new(AtomicBool::new(false));
 }
 
 /// Answers one request on the calling (connection) thread; false when the connection must close.
-fn answer(answering: &Arc<Answering>, app: &App, request: tiny_http::Request) -> bool {
+fn answer(answering: &Arc<Answering>, app: &Arc<App>, request: tiny_http::Request) -> bool {
     let thread = THREAD.get().unwrap_or_else(|| {
         let turns = answering.clone();
         db::writer::on_commit_wait(move || {
@@ -476,16 +615,61 @@ fn answer(answering: &Arc<Answering>, app: &App, request: tiny_http::Request) ->
             return true;
         }
     };
-    let prepared = prepare(thread, app, reader, request);
+    let mut prepared = prepare(thread, app, reader, request);
     running.release();
-    prepared.send(app);
+    match prepared.out.resp.after_commit.take() {
+        None => prepared.send(app),
+        Some(after) => answer_after_commit(app, prepared, after, running.carry()),
+    }
     true
+}
+
+/// Answers a request whose response is made once its change is committed
+/// ([`Resp::after_commit`]). The change is queued and this thread goes back to the connection,
+/// where it would only wait for the client's next request: a request waiting for a commit cost
+/// its thread a sleep and a wake-up more than any other (a tenth of the server's CPU on the
+/// create probe). After the commit, the writer's answering thread makes the response and writes
+/// what the socket takes at once; what it cannot write without waiting (a client that does not
+/// read, or the connection's earlier response not written yet) a thread of its own finishes,
+/// under the connection's write timeout. Until the response is written the request still counts
+/// as running, so shutdown waits for it.
+///
+/// A connection has one such response outstanding at most: while one is, the next is waited for
+/// here, and its write waits for the one before. A client that pipelines changes without reading
+/// the answers therefore holds one thread of its own and one finishing thread, as it held its
+/// connection's thread before.
+fn answer_after_commit(
+    app: &Arc<App>,
+    mut prepared: Prepared,
+    after: AfterCommit,
+    running: Carried,
+) {
+    let outstanding = OUTSTANDING.with(Arc::clone);
+    if outstanding.load(Ordering::Acquire) {
+        prepared.out.resp = after.wait(app);
+        prepared.send(app);
+        drop(running);
+        return;
+    }
+    outstanding.store(true, Ordering::Relaxed);
+    let dialect = after.dialect;
+    let app_then = app.clone();
+    after.submit(
+        &app.writer,
+        Box::new(move |finish| {
+            prepared.out.resp = made(finish, &app_then, dialect);
+            prepared.send_now(app_then, move || {
+                outstanding.store(false, Ordering::Release);
+                drop(running);
+            });
+        }),
+    );
 }
 
 /// A request being answered: gives back its turn (if it still holds one) and its read connection
 /// once its response is ready, or when it ends however it ends, and is counted until then.
 struct Running<'a> {
-    answering: &'a Answering,
+    answering: &'a Arc<Answering>,
     reader: Option<Reader>,
 }
 
@@ -498,6 +682,24 @@ impl Running<'_> {
         if let Some(reader) = self.reader.take() {
             self.answering.readers.give(reader);
         }
+    }
+
+    /// Gives back the turn and the read connection, and keeps the request counted until the
+    /// result is dropped: for a response another thread writes.
+    fn carry(mut self) -> Carried {
+        self.release();
+        let answering = self.answering.clone();
+        std::mem::forget(self);
+        Carried(answering)
+    }
+}
+
+/// A request whose response another thread writes, counted as running until this is dropped.
+struct Carried(Arc<Answering>);
+
+impl Drop for Carried {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -524,10 +726,17 @@ fn write_response<'a>(
     resp: &'a Resp,
     extra: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> std::io::Result<()> {
-    let all = std::iter::once(("Content-Type", resp.content_type))
+    request.respond_raw(resp.status, headers_of(resp, extra), &resp.body)
+}
+
+/// The headers of `resp` as tiny_http writes them: its content type, then `extra`, then its own.
+fn headers_of<'a>(
+    resp: &'a Resp,
+    extra: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    std::iter::once(("Content-Type", resp.content_type))
         .chain(extra)
-        .chain(resp.headers.iter().map(|(n, v)| (*n, v.as_str())));
-    request.respond_raw(resp.status, all, &resp.body)
+        .chain(resp.headers.iter().map(|(n, v)| (*n, v.as_str())))
 }
 
 /// The turns to run: at most this many requests run at once, so they do not all compete for the
@@ -750,26 +959,30 @@ fn prepare(worker: usize, app: &App, db: &Reader, mut request: tiny_http::Reques
         method,
         request_id,
     } = answer_incoming(app, db, incoming);
-    if resp.status == 500 {
-        log::error!("500 for {method} {route} [{request_id}]");
-    }
-
-    app.metrics
-        .observe_request(worker, route, resp.status, started.elapsed().as_secs_f64());
     Prepared {
         request,
-        resp,
-        started,
-        request_id,
-        client_ip,
-        method,
-        route,
+        out: Outgoing {
+            worker,
+            resp,
+            started,
+            request_id,
+            client_ip,
+            method,
+            route,
+        },
     }
 }
 
-/// A request with its response ready to be written.
+/// A request with its response ready to be written (or, with `after_commit` set, to be made).
 struct Prepared {
     request: tiny_http::Request,
+    out: Outgoing,
+}
+
+/// A response and what its metrics and access log line need.
+struct Outgoing {
+    /// The number of the thread that read the request (the metrics' shard).
+    worker: usize,
     resp: Resp,
     started: Instant,
     request_id: String,
@@ -781,9 +994,87 @@ struct Prepared {
 impl Prepared {
     /// Writes the response and the access log line.
     fn send(self, app: &App) {
+        let Prepared { request, out } = self;
+        out.observe(app);
+        let written = write_response(request, &out.resp, out.id());
+        out.log(app, written);
+    }
+
+    /// Writes what of the response the connection takes without waiting, and leaves the rest
+    /// (if any) to a thread of its own; the access log line and `then` follow the last byte.
+    fn send_now(self, app: Arc<App>, then: impl FnOnce() + Send + 'static) {
+        let Prepared { request, out } = self;
+        out.observe(&app);
+        app.metrics
+            .responses_after_commit
+            .fetch_add(1, Ordering::Relaxed);
+        let resp = &out.resp;
+        let unsent =
+            match request.try_respond_raw(resp.status, headers_of(resp, out.id()), &resp.body) {
+                Ok(written) => {
+                    out.log(&app, written);
+                    then();
+                    return;
+                }
+                Err(unsent) => unsent,
+            };
+        app.metrics
+            .responses_finished_later
+            .fetch_add(1, Ordering::Relaxed);
+        let finish = move || {
+            let resp = &out.resp;
+            let written = unsent.respond_raw(resp.status, headers_of(resp, out.id()), &resp.body);
+            out.log(&app, written);
+            then();
+        };
+        // A thread that cannot be started gives the work back through `work`; it is then done
+        // here, bounded by the connection's write timeout.
+        let work = Arc::new(std::sync::Mutex::new(Some(finish)));
+        let taken = work.clone();
+        let spawned = std::thread::Builder::new()
+            .name("response".into())
+            .stack_size(FINISHING_STACK)
+            .spawn(move || {
+                if let Some(finish) = taken.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    finish();
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start a thread to finish a response ({e}); finishing it here");
+            if let Some(finish) = work.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                finish();
+            }
+        }
+    }
+}
+
+/// The stack of a thread that finishes writing one response: it only writes bytes.
+const FINISHING_STACK: usize = 64 * 1024;
+
+impl Outgoing {
+    /// The header every response carries besides its own.
+    fn id(&self) -> [(&str, &str); 1] {
+        [("X-Request-Id", self.request_id.as_str())]
+    }
+
+    /// Counts the response in the metrics, before it is written.
+    fn observe(&self, app: &App) {
+        let (method, route, request_id) = (&self.method, self.route, &self.request_id);
+        if self.resp.status == 500 {
+            log::error!("500 for {method} {route} [{request_id}]");
+        }
+        app.metrics.observe_request(
+            self.worker,
+            route,
+            self.resp.status,
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
+
+    /// Writes the access log line once the response is written.
+    fn log(&self, app: &App, written: std::io::Result<()>) {
         let request_id = &self.request_id;
-        let id = [("X-Request-Id", request_id.as_str())];
-        if let Err(e) = write_response(self.request, &self.resp, id) {
+        if let Err(e) = written {
             log::debug!("could not write the response [{request_id}]: {e}");
         }
         app.access_log.record(&crate::access_log::Entry {
@@ -815,7 +1106,10 @@ pub struct Incoming {
 /// Routes one request and answers it: the route template (for logs and metrics) and the response.
 /// A panic in a handler is contained here and answered 500. The fuzz targets call this directly.
 pub fn respond(app: &App, db: &Reader, incoming: Incoming) -> (&'static str, Resp) {
-    let answered = answer_incoming(app, db, incoming);
+    let mut answered = answer_incoming(app, db, incoming);
+    if let Some(after) = answered.resp.after_commit.take() {
+        answered.resp = after.wait(app);
+    }
     (answered.route, answered.resp)
 }
 

@@ -8,9 +8,10 @@ use serde_json::{Map, Value, json};
 use super::json::Obj;
 use super::{Fields, credential, gateway, json_object};
 use crate::auth;
+use crate::config::Config;
 use crate::db::accounts::{Credential, CredentialKind};
 use crate::db::shares::{self, NewShare};
-use crate::db::{Reader, audit};
+use crate::db::{Reader, Tx, audit};
 use crate::domain::share::{
     AuthMode, BASIC_USERNAME, Policy, SCOPED_TOKEN_MAX_TTL, SCOPES, Share, looks_like_slug,
     new_session_uid, parse_minutes_or_hours,
@@ -18,7 +19,7 @@ use crate::domain::share::{
 use crate::domain::time::{parse_rfc3339, rfc3339};
 use crate::domain::{Actor, ActorType, AuditEntry};
 use crate::error::{Error, Result};
-use crate::server::{Ctx, Req, Resp};
+use crate::server::{App, Ctx, Req, Resp};
 use crate::viewers::{AdmitRequest, Loaded, ReportedViewer};
 
 const NOT_FOUND: &str = "Session not found";
@@ -205,13 +206,13 @@ struct Urls<'a> {
     edge_url: [&'a str; 2],
 }
 
-fn urls<'a>(ctx: &'a Ctx, slug: &'a str, owner_token: &'a str) -> Urls<'a> {
-    let base = &ctx.cfg().public_base_url;
+fn urls<'a>(cfg: &'a Config, slug: &'a str, owner_token: &'a str) -> Urls<'a> {
+    let base = &cfg.public_base_url;
     Urls {
         public_url: [base, "/s/", slug],
         owner_url: [base, "/.wormkey/owner?slug=", slug, "&token=", owner_token],
         overlay_script_url: [base, "/.wormkey/overlay.js?slug=", slug],
-        edge_url: [&ctx.cfg().edge_base_url, "/tunnel"],
+        edge_url: [&cfg.edge_base_url, "/tunnel"],
     }
 }
 
@@ -219,7 +220,7 @@ fn urls<'a>(ctx: &'a Ctx, slug: &'a str, owner_token: &'a str) -> Urls<'a> {
 // `json::Obj` (see there why).
 
 fn public_view(ctx: &Ctx, share: &Share) -> Resp {
-    let u = urls(ctx, &share.slug, "");
+    let u = urls(ctx.cfg(), &share.slug, "");
     let mut o = Obj::with_capacity(384);
     o.str("sessionId", &share.uid)
         .str("slug", &share.slug)
@@ -238,7 +239,7 @@ fn full_view(ctx: &Ctx, share: &Share, owner_token: Option<&str>) -> Result<Resp
         .viewers
         .list(share.id, ctx.now, loader(ctx.db, share.id))?;
     let slug = &share.slug;
-    let u = urls(ctx, slug, owner_token.unwrap_or(""));
+    let u = urls(ctx.cfg(), slug, owner_token.unwrap_or(""));
     // The seed document's keys, in its order.
     let mut o = Obj::with_capacity(1024);
     o.str("sessionId", &share.uid).str("slug", slug);
@@ -357,7 +358,9 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
         .map(|p| p.password_change())
         .unwrap_or(PasswordChange::Keep);
     let now = ctx.now;
-    let slug = ctx.app.writer.exec(move |tx| {
+    // Answered once committed, by the writer's answering thread (see `Resp::after_commit`): the
+    // most frequent change gives its connection's thread back at once.
+    let work = move |tx: &Tx| {
         let (slug, id) = shares::insert_share(tx, &new)?;
         if let Some(update) = &policy_update {
             let policy = update.apply(&Policy::default(), password_change);
@@ -381,25 +384,28 @@ pub fn create(ctx: &Ctx, req: &Req) -> Result<Resp> {
         });
         audit::record(tx, &entry, now)?;
         Ok(slug)
-    })?;
-
-    let u = urls(ctx, &slug, &owner_token);
-    // The seed's keys, in its order.
-    let mut o = Obj::with_capacity(768);
-    o.str("sessionId", &uid)
-        .str("slug", &slug)
-        .joined("publicUrl", &u.public_url)
-        .joined("ownerUrl", &u.owner_url)
-        .str("ownerToken", &owner_token)
-        .joined("overlayScriptUrl", &u.overlay_script_url)
-        .joined("edgeUrl", &u.edge_url)
-        .joined("sessionToken", &[&slug, ".", &owner_token])
-        .time("expiresAt", now + ttl)
-        .time("createdAt", now);
-    if let Some(password) = &basic_password {
-        o.str("username", BASIC_USERNAME).str("password", password);
-    }
-    Ok(Resp::json_written(201, o.finish()))
+    };
+    let answer = move |app: &App, slug: Result<String>| {
+        let slug = slug?;
+        let u = urls(&app.cfg, &slug, &owner_token);
+        // The seed's keys, in its order.
+        let mut o = Obj::with_capacity(768);
+        o.str("sessionId", &uid)
+            .str("slug", &slug)
+            .joined("publicUrl", &u.public_url)
+            .joined("ownerUrl", &u.owner_url)
+            .str("ownerToken", &owner_token)
+            .joined("overlayScriptUrl", &u.overlay_script_url)
+            .joined("edgeUrl", &u.edge_url)
+            .joined("sessionToken", &[&slug, ".", &owner_token])
+            .time("expiresAt", now + ttl)
+            .time("createdAt", now);
+        if let Some(password) = &basic_password {
+            o.str("username", BASIC_USERNAME).str("password", password);
+        }
+        Ok(Resp::json_written(201, o.finish()))
+    };
+    Ok(Resp::after_commit(work, answer))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -405,12 +405,20 @@ fn requests_without_a_descriptor_for_a_read_connection_wait_for_one() {
     // A request waiting for a commit keeps its read connection and gives its turn away; the next
     // request then opens another read connection. With no descriptor left for it, that request
     // must wait for a connection in use (and never hold the only turn while it waits): with one
-    // turn and one connection open, every create must still succeed.
+    // turn and one connection open, every change must still succeed. (A share's creation no
+    // longer waits on its thread, so the changes are scoped tokens, which do.)
     let server = Server::start_with(
         Opts::default()
             .arg("--threads", "1")
             .arg("--anonymous-share-rate", "0"),
     );
+    let shares: Vec<Value> = (0..2)
+        .map(|_| {
+            let r = server.post("/sessions", &json!({ "port": 3000 }));
+            assert_eq!(r.status, 201, "{}", r.text());
+            r.json()
+        })
+        .collect();
     let clients: Vec<TcpStream> = (0..2).map(|_| connect(&server.addr)).collect();
     std::thread::sleep(Duration::from_millis(200));
     let open = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
@@ -419,19 +427,21 @@ fn requests_without_a_descriptor_for_a_read_connection_wait_for_one() {
     set_nofile(server.pid(), open);
     let threads: Vec<_> = clients
         .into_iter()
-        .map(|stream| {
+        .zip(shares)
+        .map(|(stream, share)| {
             std::thread::spawn(move || {
                 stream
                     .set_read_timeout(Some(Duration::from_secs(10)))
                     .unwrap();
                 let mut writer = stream.try_clone().unwrap();
                 let mut reader = BufReader::new(stream);
+                let request = format!(
+                    "POST /owner/sessions/{}/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}",
+                    share["sessionId"].as_str().unwrap(),
+                    share["ownerToken"].as_str().unwrap()
+                );
                 for _ in 0..10 {
-                    writer
-                        .write_all(
-                            b"POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
-                        )
-                        .unwrap();
+                    writer.write_all(request.as_bytes()).unwrap();
                     let r = read_response(&mut reader);
                     assert_eq!(r.status, 201, "{}", r.text());
                 }
@@ -450,7 +460,7 @@ fn requests_without_a_descriptor_for_a_read_connection_wait_for_one() {
     );
     set_nofile(server.pid(), 4096);
     assert_eq!(
-        server.query("SELECT count(*) FROM shares")[0][0].as_i64(),
+        server.query("SELECT count(*) FROM share_tokens")[0][0].as_i64(),
         Some(20)
     );
 }
@@ -614,4 +624,119 @@ fn responses_larger_than_the_write_buffer_are_not_held_back_on_keep_alive() {
         took < Duration::from_millis(1200),
         "50 large responses on one connection took {took:?}: held back by Nagle's algorithm"
     );
+}
+
+/// The value of an unlabelled counter on `/metrics`.
+fn counter(server: &Server, name: &str) -> u64 {
+    let text = server.get("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{name} is not on /metrics:\n{text}")) as u64
+}
+
+#[test]
+fn a_client_that_does_not_read_answers_after_commits_holds_up_no_one_and_gets_them_in_order() {
+    // A share's creation is answered after its commit by the writer's answering thread, which
+    // writes only what the connection takes at once and leaves the rest to a thread of its own.
+    // One client, with a receive buffer of a few KiB (and the server's send buffers at 8 KiB),
+    // pipelines creates and reads between them, then reads nothing until its answers stop
+    // fitting. Whether the answer that does not fit is one the answering thread writes, or one
+    // the connection's own thread writes (a create that came while an earlier one was still
+    // outstanding waits on its thread), depends on the timing, so the client tries again until
+    // the answering thread's did not fit. Meanwhile everyone else must be answered, and the
+    // client must get every answer whole and in order.
+    let server = Server::start_with(
+        Opts::default()
+            .arg("--anonymous-share-rate", "0")
+            .arg("--send-buffer", "4096"),
+    );
+    let stream = connect(&server.addr);
+    let small: libc::c_int = 4096;
+    // SAFETY: a valid socket descriptor and an int-sized option value.
+    let set = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0);
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let creates = |i: usize| i % 20 != 19;
+    let request = |i: usize| {
+        if creates(i) {
+            let body = format!("{{\"port\":{}}}", 1000 + i);
+            format!(
+                "POST /sessions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        } else {
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_string()
+        }
+    };
+    const PER_TRY: usize = 60;
+    let mut created = Vec::new();
+    let mut others = 0;
+    for attempt in 0..30 {
+        let first = attempt * PER_TRY;
+        let burst: String = (first..first + PER_TRY).map(request).collect();
+        writer.write_all(burst.as_bytes()).unwrap();
+        // Long enough for a debug build to answer what fits and stall on the rest.
+        std::thread::sleep(Duration::from_millis(400));
+        let stalled = counter(&server, "sessiond_http_responses_finished_later_total") > 0;
+        if stalled {
+            // Others are answered meanwhile, creates included.
+            for _ in 0..20 {
+                let r = server.post("/sessions", &json!({ "port": 80 }));
+                assert_eq!(r.status, 201, "{}", r.text());
+                others += 1;
+            }
+        }
+        for i in first..first + PER_TRY {
+            let r = read_response(&mut reader);
+            if creates(i) {
+                assert_eq!(r.status, 201, "answer {i}: {}", r.text());
+                let uid = r.json()["sessionId"].as_str().unwrap().to_string();
+                created.push((uid, 1000 + i as i64));
+            } else {
+                assert_eq!(r.status, 200, "answer {i}: {}", r.text());
+                assert_eq!(r.json()["status"], "ok", "answer {i}");
+            }
+        }
+        if stalled {
+            break;
+        }
+    }
+    assert!(
+        others > 0,
+        "no answer of the answering thread had to wait for the client; the test did not test anything"
+    );
+    // Each create's answer names the share its own request made.
+    let ports: std::collections::HashMap<String, i64> = server
+        .query("SELECT s.uid, sh.port FROM sessions s JOIN shares sh ON sh.session_id = s.id")
+        .into_iter()
+        .map(|row| {
+            (
+                row[0].as_str().unwrap().to_string(),
+                row[1].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ports.len(), created.len() + others);
+    for (uid, port) in &created {
+        assert_eq!(ports.get(uid), Some(port), "{uid}");
+    }
+
+    // A client that pipelines creates and goes away unread costs nothing but the writes.
+    let mut gone = connect(&server.addr);
+    let burst: String = (0..200).map(|i| request(3 * i)).collect();
+    gone.write_all(burst.as_bytes()).unwrap();
+    gone.shutdown(Shutdown::Both).unwrap();
+    drop(gone);
+    assert!(healthy(&server.addr));
+    // Dropping the server asserts that it stops cleanly (exit 0 on SIGTERM).
 }
