@@ -740,3 +740,32 @@ fn a_client_that_does_not_read_answers_after_commits_holds_up_no_one_and_gets_th
     assert!(healthy(&server.addr));
     // Dropping the server asserts that it stops cleanly (exit 0 on SIGTERM).
 }
+
+#[test]
+fn a_create_on_a_connection_that_closes_is_answered_whole_before_the_close() {
+    // A create's answer is written after its commit by another thread than the connection's,
+    // which may have finished with the connection by then (`Connection: close`, HTTP/1.0). The
+    // answer must still arrive whole, and the connection close after it.
+    let server = Server::start_with(Opts::default().arg("--anonymous-share-rate", "0"));
+    for head in [
+        "POST /sessions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n",
+        "POST /sessions HTTP/1.0\r\n",
+    ] {
+        let mut s = connect(&server.addr);
+        let request =
+            format!("{head}Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}");
+        s.write_all(request.as_bytes()).unwrap();
+        let raw = read_all(&mut s);
+        assert_eq!(
+            status_of(&raw),
+            Some(201),
+            "{}",
+            String::from_utf8_lossy(&raw)
+        );
+        let uid = body_of(&raw)["sessionId"].as_str().unwrap().to_string();
+        let stored = server.query(&format!(
+            "SELECT count(*) FROM sessions WHERE uid = '{uid}'"
+        ));
+        assert_eq!(stored[0][0].as_i64(), Some(1), "{head}");
+    }
+}
