@@ -21,12 +21,20 @@ const BUCKETS: [f64; 12] = [
 /// scrape merges the shards.
 const SHARDS: usize = 32; // arrays up to 32 implement Default
 
+/// One shard of the request counters: counts by route and status, and the latency histogram.
+#[derive(Default)]
+struct Requests {
+    by_route: BTreeMap<(&'static str, u16), u64>,
+    /// Requests by the first bucket their latency fits in (the last: beyond every bound). The
+    /// cumulative counts Prometheus wants are summed at scrape time: a request adds to one
+    /// counter under its shard's lock, not to a dozen atomics every core shares.
+    latency: [u64; BUCKETS.len() + 1],
+    latency_micros: u64,
+}
+
 #[derive(Default)]
 pub struct Metrics {
-    requests: [Mutex<BTreeMap<(&'static str, u16), u64>>; SHARDS],
-    latency_buckets: [AtomicU64; BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_micros: AtomicU64,
+    requests: [Mutex<Requests>; SHARDS],
     reaped: Mutex<BTreeMap<&'static str, u64>>,
     pub backups_ok: AtomicU64,
     pub backups_failed: AtomicU64,
@@ -49,20 +57,16 @@ pub struct Snapshot<'a> {
 impl Metrics {
     /// Counts one request; `worker` (the answering thread's number) picks the counter shard.
     pub fn observe_request(&self, worker: usize, route: &'static str, status: u16, seconds: f64) {
-        let shard = &self.requests[worker % SHARDS];
-        *shard
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(BUCKETS.len());
+        let mut shard = self.requests[worker % SHARDS]
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((route, status))
-            .or_default() += 1;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_micros
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+            .unwrap_or_else(|e| e.into_inner());
+        *shard.by_route.entry((route, status)).or_default() += 1;
+        shard.latency[bucket] += 1;
+        shard.latency_micros += (seconds * 1e6) as u64;
     }
 
     /// Counts reaper work of one kind (`session.expired`, `viewer.aged_out`, …).
@@ -85,10 +89,17 @@ impl Metrics {
             "HTTP requests by route template and status.",
         );
         let mut requests: BTreeMap<(&'static str, u16), u64> = BTreeMap::new();
+        let mut latency = [0u64; BUCKETS.len() + 1];
+        let mut latency_micros = 0;
         for shard in &self.requests {
-            for (key, count) in shard.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, count) in &shard.by_route {
                 *requests.entry(*key).or_default() += count;
             }
+            for (sum, count) in latency.iter_mut().zip(shard.latency) {
+                *sum += count;
+            }
+            latency_micros += shard.latency_micros;
         }
         for ((route, status), count) in &requests {
             t.line(format!(
@@ -101,18 +112,14 @@ impl Metrics {
             "histogram",
             "Time to answer a request.",
         );
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            t.line(format!(
-                "{n}_bucket{{le=\"{bound}\"}} {}",
-                self.latency_buckets[i].load(Ordering::Relaxed)
-            ));
+        let mut count = 0;
+        for (bound, in_bucket) in BUCKETS.iter().zip(latency) {
+            count += in_bucket;
+            t.line(format!("{n}_bucket{{le=\"{bound}\"}} {count}"));
         }
-        let count = self.latency_count.load(Ordering::Relaxed);
+        count += latency[BUCKETS.len()];
         t.line(format!("{n}_bucket{{le=\"+Inf\"}} {count}"));
-        t.line(format!(
-            "{n}_sum {}",
-            self.latency_micros.load(Ordering::Relaxed) as f64 / 1e6
-        ));
+        t.line(format!("{n}_sum {}", latency_micros as f64 / 1e6));
         t.line(format!("{n}_count {count}"));
 
         let w = snap.writer;
@@ -295,6 +302,8 @@ mod tests {
         let m = Metrics::default();
         m.observe_request(0, "/sessions", 201, 0.002);
         m.observe_request(1, "/sessions", 201, 0.2);
+        m.observe_request(1, "/sessions", 201, 0.0025);
+        m.observe_request(2, "/healthz", 200, 30.0);
         m.reaped("session.expired", 3);
         let stats = WriterStats::default();
         let text = m.render(&Snapshot {
@@ -304,10 +313,21 @@ mod tests {
             access_log_dropped: 0,
         });
         assert!(
-            text.contains("sessiond_http_requests_total{route=\"/sessions\",status=\"201\"} 2\n")
+            text.contains("sessiond_http_requests_total{route=\"/sessions\",status=\"201\"} 3\n")
         );
-        assert!(text.contains("sessiond_http_request_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
-        assert!(text.contains("sessiond_http_request_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
+        // Cumulative over every shard; a bound holds the requests that took that long exactly.
+        let buckets: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("sessiond_http_request_duration_seconds_bucket"))
+            .collect();
+        assert_eq!(buckets.len(), BUCKETS.len() + 1);
+        assert!(text.contains("sessiond_http_request_duration_seconds_bucket{le=\"0.001\"} 0\n"));
+        assert!(text.contains("sessiond_http_request_duration_seconds_bucket{le=\"0.0025\"} 2\n"));
+        assert!(text.contains("sessiond_http_request_duration_seconds_bucket{le=\"0.25\"} 3\n"));
+        assert!(text.contains("sessiond_http_request_duration_seconds_bucket{le=\"2.5\"} 3\n"));
+        assert!(text.contains("sessiond_http_request_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
+        assert!(text.contains("sessiond_http_request_duration_seconds_count 4\n"));
+        assert!(text.contains("sessiond_http_request_duration_seconds_sum 30.2045\n"));
         assert!(text.contains("sessiond_sessions{dialect=\"share\",status=\"active\"} 2\n"));
         assert!(text.contains("sessiond_reaper_actions_total{kind=\"session.expired\"} 3\n"));
         assert!(text.contains("sessiond_live_viewers 4\n"));
