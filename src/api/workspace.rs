@@ -12,14 +12,14 @@ use crate::auth;
 use crate::db::audit::AuditQuery;
 use crate::db::users::{self, NewUser, User};
 use crate::db::workspaces::{self, NewSession, SessionFilter, WorkspaceSession};
-use crate::db::{Writer, audit};
+use crate::db::{Tx, Writer, audit};
 use crate::domain::time::{Millis, parse_rfc3339, rfc3339};
 use crate::domain::workspace::{
     ACTIVE, LAUNCH_MODES, Role, SessionAction, TERMINATED, WORKSPACE_TYPES, Workspace,
 };
 use crate::domain::{Actor, AuditEntry};
 use crate::error::{Error, Result};
-use crate::server::{Ctx, Req, Resp};
+use crate::server::{App, Ctx, Req, Resp};
 
 const SESSION_NOT_FOUND: &str = "Session not found";
 const WORKSPACE_NOT_FOUND: &str = "Workspace not found";
@@ -716,7 +716,8 @@ pub fn launch(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
         expires_at: w.max_session_duration.map(|s| now + s * 1000),
     };
     let (actor, ws_uid, ws_name) = (p.actor(req), w.id.clone(), w.name.clone());
-    let session_id = ctx.app.writer.exec(move |tx| {
+    // Answered once committed, by the writer's answering thread (see `Resp::after_commit`).
+    let work = move |tx: &Tx| {
         let uid = workspaces::insert_workspace_session(tx, &new, now)?;
         let entry = AuditEntry::new(
             Some(new.account_id),
@@ -729,32 +730,37 @@ pub fn launch(ctx: &Ctx, req: &Req, id: &str) -> Result<Resp> {
         .metadata(json!({ "workspace_id": ws_uid }));
         audit::record(tx, &entry, now)?;
         Ok(uid)
-    })?;
-    let w = Workspace { active: true, ..w };
-    let iframe = w.launch_mode == "iframe";
-    let connection_url = w
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("{}/viewer/{session_id}", ctx.cfg().public_base_url));
-    let view = LaunchView {
-        stream_url: iframe.then(|| format!("/viewer/{session_id}")),
-        session_id: &session_id,
-        workspace: workspace_view(&w),
-        connection_url,
-        launch_mode: &w.launch_mode,
-        clientless: w.clientless,
-        requires_netbird: w.requires_netbird,
-        connection_type: &w.connection_type,
-        tunnel_status: tunnel_status(w.requires_netbird, true),
-        security: SecurityView {
-            mfa_enforced: user.totp_secret.is_some(),
-            mfa_verified: p.credential.mfa_verified,
-            session_recording: false,
-            max_session_duration: w.max_session_duration,
-            idle_timeout: w.idle_timeout,
-        },
     };
-    Ok(Resp::json(200, &view))
+    let w = Workspace { active: true, ..w };
+    let (mfa_enforced, mfa_verified) = (user.totp_secret.is_some(), p.credential.mfa_verified);
+    let answer = move |app: &App, session_id: Result<String>| {
+        let session_id = session_id?;
+        let iframe = w.launch_mode == "iframe";
+        let connection_url = w
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("{}/viewer/{session_id}", app.cfg.public_base_url));
+        let view = LaunchView {
+            stream_url: iframe.then(|| format!("/viewer/{session_id}")),
+            session_id: &session_id,
+            workspace: workspace_view(&w),
+            connection_url,
+            launch_mode: &w.launch_mode,
+            clientless: w.clientless,
+            requires_netbird: w.requires_netbird,
+            connection_type: &w.connection_type,
+            tunnel_status: tunnel_status(w.requires_netbird, true),
+            security: SecurityView {
+                mfa_enforced,
+                mfa_verified,
+                session_recording: false,
+                max_session_duration: w.max_session_duration,
+                idle_timeout: w.idle_timeout,
+            },
+        };
+        Ok(Resp::json(200, &view))
+    };
+    Ok(Resp::after_commit(work, answer))
 }
 
 #[derive(Serialize)]
