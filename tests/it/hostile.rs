@@ -685,9 +685,22 @@ fn a_client_that_does_not_read_answers_after_commits_holds_up_no_one_and_gets_th
         let first = attempt * PER_TRY;
         let burst: String = (first..first + PER_TRY).map(request).collect();
         writer.write_all(burst.as_bytes()).unwrap();
-        // Long enough for a debug build to answer what fits and stall on the rest.
-        std::thread::sleep(Duration::from_millis(400));
-        let stalled = counter(&server, "sessiond_http_responses_finished_later_total") > 0;
+        // Until an answer of the answering thread did not fit, or the creates stop (a create's
+        // answer on its connection's thread did not fit, and that thread waits for the client).
+        let stored = || server.query("SELECT count(*) FROM shares")[0][0].as_i64();
+        let (mut last, mut still, started) = (stored(), 0, Instant::now());
+        let stalled = loop {
+            std::thread::sleep(Duration::from_millis(50));
+            if counter(&server, "sessiond_http_responses_finished_later_total") > 0 {
+                break true;
+            }
+            let now = stored();
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+            if still >= 6 || started.elapsed() > Duration::from_secs(10) {
+                break false;
+            }
+        };
         if stalled {
             // Others are answered meanwhile, creates included.
             for _ in 0..20 {
