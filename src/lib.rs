@@ -11,6 +11,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod metrics;
+pub mod oneshot;
 pub mod reaper;
 pub mod routes;
 pub mod server;

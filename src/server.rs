@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::db::{self, Reader, Tx, Writer};
 use crate::domain::time::{Millis, now_ms};
 use crate::error::{Dialect, Error, Result};
+use crate::oneshot;
 use crate::viewers::Viewers;
 use crate::{reaper, routes};
 
@@ -198,21 +199,11 @@ impl AfterCommit {
     /// outstanding, and [`respond`]): the response, errors in the route's dialect.
     fn wait(self, app: &App) -> Resp {
         let dialect = self.dialect;
-        let slot = Arc::new((std::sync::Mutex::new(None), std::sync::Condvar::new()));
-        let filled = slot.clone();
-        self.submit(
-            &app.writer,
-            Box::new(move |finish| {
-                *filled.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(finish);
-                filled.1.notify_one();
-            }),
-        );
-        let mut finish = slot.0.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(finish) = finish.take() {
-                return made(finish, app, dialect);
-            }
-            finish = slot.1.wait(finish).unwrap_or_else(|e| e.into_inner());
+        let (reply, slot) = oneshot::pair();
+        self.submit(&app.writer, Box::new(move |finish| reply.send(finish)));
+        match slot.wait() {
+            Some(finish) => made(finish, app, dialect),
+            None => Error::Unavailable("The store is shutting down".into()).into_resp(dialect),
         }
     }
 }

@@ -30,6 +30,7 @@ use rusqlite::Connection;
 use super::checkpointer::{Checkpoints, passive_checkpoint};
 use super::{HeldStatements, Tx};
 use crate::error::{Error, Result};
+use crate::oneshot::{self, Reply};
 
 thread_local! {
     /// What this thread does right before it waits for a commit (see [`on_commit_wait`]).
@@ -91,7 +92,7 @@ struct TypedJob<T, F> {
 /// Where a job's answer goes.
 enum Deliver<T> {
     /// To a sender waiting in [`Writer::exec`].
-    Wait(Reply<T>),
+    Wait(Reply<Result<T>>),
     /// To what [`Writer::submit`] was given, run on the answering thread.
     Then(Then<T>),
 }
@@ -212,70 +213,6 @@ fn answer_loop(queue: &AnswerQueue) {
     }
 }
 
-/// Where the writer puts one job's answer for the worker waiting on it.
-///
-/// Not a `crossbeam_channel::bounded(1)`: its `recv` spins and then calls `sched_yield` a few
-/// times before it sleeps, and a worker waits about a millisecond for a commit, so every wait
-/// paid for those yields (a tenth of the server's profile samples on the create probe, on two
-/// busy cores). This slot's wait sleeps on a futex straight away.
-struct Slot<T> {
-    /// `Some` once the writer is done with the job: its answer, or `None` when the job was
-    /// dropped unanswered (the writer is gone).
-    answer: Mutex<Option<Option<Result<T>>>>,
-    ready: Condvar,
-}
-
-impl<T> Slot<T> {
-    fn put(&self, answer: Option<Result<T>>) {
-        *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
-        self.ready.notify_one();
-    }
-
-    /// Waits for the answer; `None` when the writer dropped the job unanswered.
-    fn wait(&self) -> Option<Result<T>> {
-        let mut slot = self.answer.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(answer) = slot.take() {
-                return answer;
-            }
-            slot = self.ready.wait(slot).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
-/// The writer's end of a [`Slot`]. Dropping it unsent wakes the waiter with nothing.
-struct Reply<T> {
-    slot: Arc<Slot<T>>,
-    sent: bool,
-}
-
-impl<T> Reply<T> {
-    fn pair() -> (Reply<T>, Arc<Slot<T>>) {
-        let slot = Arc::new(Slot {
-            answer: Mutex::new(None),
-            ready: Condvar::new(),
-        });
-        let reply = Reply {
-            slot: slot.clone(),
-            sent: false,
-        };
-        (reply, slot)
-    }
-
-    fn send(mut self, answer: Result<T>) {
-        self.sent = true;
-        self.slot.put(Some(answer));
-    }
-}
-
-impl<T> Drop for Reply<T> {
-    fn drop(&mut self) {
-        if !self.sent {
-            self.slot.put(None);
-        }
-    }
-}
-
 impl<T, F> Job for TypedJob<T, F>
 where
     T: Send + 'static,
@@ -355,7 +292,7 @@ impl Writer {
         T: Send + 'static,
         F: FnMut(&Tx) -> Result<T> + Send + 'static,
     {
-        let (reply, answer) = Reply::pair();
+        let (reply, answer) = oneshot::pair();
         let job = TypedJob {
             work,
             result: None,
@@ -630,6 +567,7 @@ fn exec(tx: &Tx, sql: &'static str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::db::{Access, TestDir, column, open};
+    use crate::oneshot::Slot;
 
     /// How a test job ends.
     #[derive(Clone, Copy)]
@@ -642,8 +580,12 @@ mod tests {
 
     /// A job that inserts `value` into `t` and ends as `outcome` says (a failure is a 409); it
     /// counts its runs in `runs`.
-    fn job(value: i64, outcome: Outcome, runs: Arc<AtomicU64>) -> (Box<dyn Job>, Arc<Slot<i64>>) {
-        let (reply, answer) = Reply::pair();
+    fn job(
+        value: i64,
+        outcome: Outcome,
+        runs: Arc<AtomicU64>,
+    ) -> (Box<dyn Job>, Arc<Slot<Result<i64>>>) {
+        let (reply, answer) = oneshot::pair();
         let work = move |tx: &Tx| -> Result<i64> {
             runs.fetch_add(1, Ordering::SeqCst);
             if let FailsBeforeWriting = outcome {
@@ -702,29 +644,6 @@ mod tests {
             answers,
             values: column(&conn, "SELECT v FROM t ORDER BY v", []),
             redone: stats.redone_batches.load(Ordering::Relaxed),
-        }
-    }
-
-    /// A waiting worker wakes with the answer sent from another thread, or with nothing when the
-    /// job is dropped unanswered (the writer stopped); either may come before or after the wait.
-    #[test]
-    fn a_reply_wakes_its_waiter_with_the_answer_or_with_nothing_when_dropped() {
-        for delay in [Duration::ZERO, Duration::from_millis(20)] {
-            let (reply, slot) = Reply::<i64>::pair();
-            let sender = std::thread::spawn(move || {
-                std::thread::sleep(delay);
-                reply.send(Ok(7));
-            });
-            assert!(matches!(slot.wait(), Some(Ok(7))));
-            sender.join().unwrap();
-
-            let (reply, slot) = Reply::<i64>::pair();
-            let dropper = std::thread::spawn(move || {
-                std::thread::sleep(delay);
-                drop(reply);
-            });
-            assert!(slot.wait().is_none());
-            dropper.join().unwrap();
         }
     }
 
