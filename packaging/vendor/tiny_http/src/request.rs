@@ -109,18 +109,10 @@ impl Unsent {
     where
         H: IntoIterator<Item = (&'h str, &'h str)>,
     {
-        let Some((out, written)) = self.rest.take() else {
-            return self.request.respond_raw(status, headers, body);
-        };
-        let mut request = self.request;
-        let mut writer = request.extract_writer_impl();
-        let res = Request::ignore_client_closing_errors(writer.write_all(&out[written..]))
-            .and_then(|()| Request::ignore_client_closing_errors(writer.flush()));
-        drop(writer);
-        if let Some(sender) = request.notify_when_responded.take() {
-            sender.send(()).unwrap();
+        match self.rest {
+            Some((out, written)) => self.request.send_raw(&out[written..]),
+            None => self.request.respond_raw(status, headers, body),
         }
-        res
     }
 }
 
@@ -543,13 +535,7 @@ impl Request {
     where
         H: IntoIterator<Item = (&'h str, &'h str)>,
     {
-        let identity = crate::response::sends_identity(
-            status,
-            &self.headers,
-            &self.http_version,
-            body.len(),
-        );
-        if !identity {
+        if !self.sends_identity(status, body.len()) {
             let mut response = Response::from_data(body.to_vec()).with_status_code(status);
             for (name, value) in headers {
                 if let Ok(h) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
@@ -558,21 +544,26 @@ impl Request {
             }
             return self.respond(response);
         }
-        let res = self.respond_raw_impl(status, headers, body);
+        let out = self.raw_response(status, headers, body);
+        self.send_raw(&out)
+    }
+
+    /// sessiond patch: whether `respond_raw` sends this response as is (not chunked).
+    fn sends_identity(&self, status: u16, body_len: usize) -> bool {
+        crate::response::sends_identity(status, &self.headers, &self.http_version, body_len)
+    }
+
+    /// sessiond patch: writes `bytes` as the (rest of the) response, waiting as needed, and lets
+    /// the next response on the connection go.
+    fn send_raw(mut self, bytes: &[u8]) -> Result<(), IoError> {
+        let mut writer = self.extract_writer_impl();
+        let res = Self::ignore_client_closing_errors(writer.write_all(bytes))
+            .and_then(|()| Self::ignore_client_closing_errors(writer.flush()));
+        drop(writer);
         if let Some(sender) = self.notify_when_responded.take() {
             sender.send(()).unwrap();
         }
         res
-    }
-
-    fn respond_raw_impl<'h, H>(&mut self, status: u16, headers: H, body: &[u8]) -> Result<(), IoError>
-    where
-        H: IntoIterator<Item = (&'h str, &'h str)>,
-    {
-        let out = self.raw_response(status, headers, body);
-        let mut writer = self.extract_writer_impl();
-        Self::ignore_client_closing_errors(writer.write_all(&out))?;
-        Self::ignore_client_closing_errors(writer.flush())
     }
 
     /// sessiond patch: like [`Request::respond_raw`], but only what the connection takes at once
@@ -588,13 +579,7 @@ impl Request {
     where
         H: IntoIterator<Item = (&'h str, &'h str)>,
     {
-        let identity = crate::response::sends_identity(
-            status,
-            &self.headers,
-            &self.http_version,
-            body.len(),
-        );
-        if !identity {
+        if !self.sends_identity(status, body.len()) {
             return Err(Unsent {
                 request: self,
                 rest: None,
