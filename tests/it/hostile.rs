@@ -629,9 +629,7 @@ fn responses_larger_than_the_write_buffer_are_not_held_back_on_keep_alive() {
 /// The value of an unlabelled counter on `/metrics`.
 fn counter(server: &Server, name: &str) -> u64 {
     let text = server.get("/metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("{name} is not on /metrics:\n{text}")) as u64
+    metric(&text, name).unwrap_or_else(|| panic!("{name} is not on /metrics:\n{text}")) as u64
 }
 
 #[test]

@@ -204,38 +204,6 @@ fn scheduled_backups_rotate_and_are_counted() {
     }
 }
 
-/// Checks that every line is a comment or `name{labels} value` and returns the value of `series`.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    for line in text.lines() {
-        if line.starts_with('#') || line.is_empty() {
-            assert!(
-                line.is_empty() || line.starts_with("# HELP ") || line.starts_with("# TYPE "),
-                "bad comment {line:?}"
-            );
-            continue;
-        }
-        let (name, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("bad line {line:?}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        let bare = name.split('{').next().unwrap();
-        assert!(
-            bare.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'),
-            "bad name in {line:?}"
-        );
-        assert!(
-            !name.contains('{') || name.ends_with('}'),
-            "bad labels in {line:?}"
-        );
-        if name == series {
-            return Some(value);
-        }
-    }
-    None
-}
-
 #[test]
 fn metrics_parse_and_move_with_requests() {
     let server = Server::start();
