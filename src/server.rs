@@ -570,6 +570,35 @@ thread_local! {
     /// Set while a response this thread left to the writer's answering thread is not written
     /// yet (see [`answer_after_commit`]).
     static OUTSTANDING: Arc<AtomicBool> = Arc::new(AtomicBool::new(false));
+    /// Whether this thread runs under `SCHED_BATCH` (see [`schedule_for`]).
+    static BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Sets the calling connection thread's scheduling policy for its next wait on the connection:
+/// `SCHED_BATCH` after a change left to be answered after its commit, `SCHED_OTHER` (the default)
+/// after a request it answered itself. Changes only when the kind of request changes.
+///
+/// A batch thread has the same share of the CPU; it only does not preempt the running thread
+/// when it wakes. A client's next change wakes its connection's thread; on two cores that thread
+/// preempted the writer in the middle of a batch: under a create load the writer spent a third of
+/// its busy time waiting for a CPU (from `/proc/<tid>/schedstat`), 18-25% with this. A thread
+/// whose last request was a read keeps waking at once, so reads keep their latency: batch for
+/// every connection thread took GET's p99 under load from 4-7 ms to 6-31 ms.
+fn schedule_for(after_commit: bool) {
+    if BATCH.get() == after_commit {
+        return;
+    }
+    BATCH.set(after_commit);
+    let policy = if after_commit {
+        libc::SCHED_BATCH
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets the calling thread's (0) policy from a valid parameter; either policy takes
+    // priority 0 and needs no privilege. A failure leaves the policy as it was, which is correct
+    // too, only slower.
+    unsafe { libc::sched_setscheduler(0, policy, &param) };
 }
 
 /// Answers one request on the calling (connection) thread; false when the connection must close.
@@ -608,7 +637,9 @@ fn answer(answering: &Arc<Answering>, app: &Arc<App>, request: tiny_http::Reques
     };
     let mut prepared = prepare(thread, app, reader, request);
     running.release();
-    match prepared.out.resp.after_commit.take() {
+    let after_commit = prepared.out.resp.after_commit.take();
+    schedule_for(after_commit.is_some());
+    match after_commit {
         None => prepared.send(app),
         Some(after) => answer_after_commit(app, prepared, after, running.carry()),
     }

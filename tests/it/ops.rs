@@ -456,6 +456,56 @@ fn a_group_commit_is_not_capped_by_the_turns() {
     eprintln!("{created} creates from 16 clients, largest group commit {largest}");
 }
 
+/// The scheduling policies (`SCHED_OTHER` 0, `SCHED_BATCH` 3) of the server's connection threads,
+/// read from `/proc` (field 41 of each thread's `stat`).
+fn connection_thread_policies(pid: i32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim() != "tiny-http-conn" {
+                return None;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // The fields after the command name (which may hold spaces) start at field 3.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            fields.get(41 - 3)?.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_connection_thread_yields_to_the_writer_after_a_change_and_not_after_a_read() {
+    let server = Server::start_with(Opts::default().arg("--anonymous-share-rate", "0"));
+    let batch = |policies: &[u32]| policies.iter().filter(|&&p| p == 3).count();
+    let stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut send = |bytes: &[u8]| {
+        use std::io::Write;
+        (&stream).write_all(bytes).unwrap();
+        read_response(&mut reader)
+    };
+    let read = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    let create = b"POST /sessions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+
+    assert_eq!(send(read).status, 200);
+    let policies = connection_thread_policies(server.pid());
+    assert!(!policies.is_empty(), "no connection thread found");
+    assert_eq!(batch(&policies), 0, "policies after a read: {policies:?}");
+    // This connection's thread left its create to be answered after the commit: it waits for the
+    // next request under SCHED_BATCH, and so does not preempt the writer when it wakes.
+    assert_eq!(send(create).status, 201);
+    let policies = connection_thread_policies(server.pid());
+    assert_eq!(batch(&policies), 1, "policies after a create: {policies:?}");
+    assert_eq!(send(create).status, 201);
+    assert_eq!(batch(&connection_thread_policies(server.pid())), 1);
+    // A read on the same connection puts its thread back to the default policy.
+    assert_eq!(send(read).status, 200);
+    let policies = connection_thread_policies(server.pid());
+    assert_eq!(batch(&policies), 0, "policies after a read: {policies:?}");
+}
+
 /// Frames in the WAL (`mxFrame` of the WAL index header) and frames already copied into the
 /// database file (`nBackfill`), read from the `-shm` file as SQLite lays it out: two copies of the
 /// 48-byte header, then the checkpoint information, all in native byte order.
