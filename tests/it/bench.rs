@@ -176,15 +176,14 @@ fn alternate(
             let measured: Vec<Figures> = floors.iter().map(|(_, floor)| floor()).collect();
             let p = probe();
             let ratios: Vec<f64> = measured.iter().map(|f| p.rps / f.rps).collect();
-            let floors: Vec<String> = names
+            let measured_floors: String = names
                 .iter()
                 .zip(&measured)
                 .map(|(floor, f)| format!("{floor} {:>7.0}/s{}, ", f.rps, cpu(f)))
                 .collect();
             let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
             eprintln!(
-                "    round {round}: {}probe {:>7.0}/s{}, ratio {}",
-                floors.concat(),
+                "    round {round}: {measured_floors}probe {:>7.0}/s{}, ratio {}",
                 p.rps,
                 cpu(&p),
                 shown.join(" ")
