@@ -151,7 +151,8 @@ impl Conn {
 }
 
 /// Runs each floor and then the probe, `rounds` times over, and returns the probe's figures from the
-/// round whose ratio to the first floor is the median, with the median ratio to each floor. This
+/// round whose ratio to the first floor is the median, the median ratio to each floor, and the
+/// probe's median rate. This
 /// machine's speed drifts by a third within minutes, so only a floor measured right next to a probe
 /// is a fair baseline, and one pair can still be unlucky. The rounds are printed under a line
 /// naming the probe; the probe's line that follows them shows the median round.
@@ -160,7 +161,7 @@ fn alternate(
     rounds: usize,
     floors: &[(&str, &dyn Fn() -> Figures)],
     probe: &dyn Fn() -> Figures,
-) -> (Figures, Vec<f64>) {
+) -> (Figures, Vec<f64>, f64) {
     let names: Vec<&str> = floors.iter().map(|(floor, _)| *floor).collect();
     eprintln!(
         "  {name}: {rounds} rounds, each the {} and then the probe",
@@ -198,8 +199,10 @@ fn alternate(
             r[rounds / 2]
         })
         .collect();
+    let mut rates: Vec<f64> = runs.iter().map(|(_, p)| p.rps).collect();
+    rates.sort_by(f64::total_cmp);
     runs.sort_by(|a, b| a.0[0].total_cmp(&b.0[0]));
-    (runs.swap_remove(rounds / 2).1, medians)
+    (runs.swap_remove(rounds / 2).1, medians, rates[rounds / 2])
 }
 
 fn get(path: &str, auth: Option<&str>) -> Vec<u8> {
@@ -685,7 +688,7 @@ fn bench() {
     let s2 = seed;
     // A probe compared with the primary-key floor, in alternating rounds.
     let against_floor = |name: &str, make: MakeRequest| {
-        let (figures, ratios) = alternate(name, rounds, &[("floor", &pk_floor)], &|| {
+        let (figures, ratios, _) = alternate(name, rounds, &[("floor", &pk_floor)], &|| {
             load(make.clone())
         });
         (figures, ratios[0])
@@ -738,7 +741,7 @@ fn bench() {
     let mut create_ratios = None;
     if want("create") {
         let before = server.get("/metrics").text();
-        let (figures, ratios) = alternate(
+        let (figures, ratios, median_rate) = alternate(
             CREATE_NAME,
             rounds,
             &[
@@ -748,7 +751,7 @@ fn bench() {
             &|| load(Arc::new(|_, _| post("/sessions", None, "{}"))),
         );
         record(CREATE_NAME, figures);
-        create_ratios = Some((ratios[0], ratios[1]));
+        create_ratios = Some((ratios[0], ratios[1], median_rate));
         let after = server.get("/metrics").text();
         let commits = writer(&after, "sessiond_writer_commits_total")
             - writer(&before, "sessiond_writer_commits_total");
@@ -919,7 +922,9 @@ fn bench() {
             rps / floor
         );
     }
-    if let (Some(rps), Some((ratio, to_constant))) = (by("POST /sessions"), create_ratios) {
+    if let (Some(rps), Some((ratio, to_constant, median_rate))) =
+        (by("POST /sessions"), create_ratios)
+    {
         eprintln!(
             "  POST /sessions / one-fsync-per-commit, median of {rounds} rounds {ratio:.2}  (target ≥ 3; {:.2} against the first floor)",
             rps / fsync
@@ -932,8 +937,8 @@ fn bench() {
             to_constant / (16.0 / 70.0)
         );
         eprintln!(
-            "  POST /sessions vs the bare Wormkey figure (16k/s)  {:.2}  (the machine's speed unaccounted)",
-            rps / 16_000.0
+            "  POST /sessions vs the bare Wormkey figure (16k/s), median rate of {rounds} rounds {:.2}  (the machine's speed unaccounted)",
+            median_rate / 16_000.0
         );
     }
     if let Some(rps) = by("GET /sessions/by-slug/:slug") {
