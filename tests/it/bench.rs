@@ -515,6 +515,8 @@ const GET_NAME: &str = "GET /sessions/:id (owner bearer)";
 const SLUG_NAME: &str = "GET /sessions/by-slug/:slug";
 const ADMIT_NAME: &str = "POST /internal/.../admit";
 const CREATE_NAME: &str = "POST /sessions";
+const LAUNCH_NAME: &str = "POST /api/workspaces/{id}/launch";
+const RUNTIME_NAME: &str = "GET /v1/sessions/{id}";
 
 #[test]
 fn bench() {
@@ -711,20 +713,28 @@ fn bench() {
         admit_ratio = Some(ratio);
         record(ADMIT_NAME, figures);
     }
+    // The other two probes have no target; a launch commits, so it is compared with the fsync
+    // floor, and a runtime read with the lookup floor.
+    let mut launch_ratio = None;
     if want("launch") {
         let t2 = token.clone();
-        record(
-            "POST /api/workspaces/{id}/launch",
-            load(Arc::new(move |_, _| {
-                post("/api/workspaces/ws-remote-desktop/launch", Some(&t2), "{}")
-            })),
+        let launch =
+            Arc::new(move |_, _| post("/api/workspaces/ws-remote-desktop/launch", Some(&t2), "{}"));
+        let (figures, ratios, _) = alternate(
+            LAUNCH_NAME,
+            rounds,
+            &[("fsync floor", &fsync_floor)],
+            &|| load(launch.clone()),
         );
+        launch_ratio = Some(ratios[0]);
+        record(LAUNCH_NAME, figures);
     }
+    let mut runtime_ratio = None;
     if want("runtime") {
         let (ids, key2) = (runtime_ids.clone(), api_key.clone());
-        record(
-            "GET /v1/sessions/{id}",
-            load(Arc::new(move |c, i| {
+        let (figures, ratio) = against_floor(
+            RUNTIME_NAME,
+            Arc::new(move |c, i| {
                 get(
                     &format!(
                         "/v1/sessions/{}",
@@ -732,8 +742,10 @@ fn bench() {
                     ),
                     Some(&key2),
                 )
-            })),
+            }),
         );
+        runtime_ratio = Some(ratio);
+        record(RUNTIME_NAME, figures);
     }
 
     // Creates come after the reads, so those run at the specified 100,000 sessions (each create
@@ -939,6 +951,16 @@ fn bench() {
         eprintln!(
             "  POST /sessions vs the bare Wormkey figure (16k/s), median rate of {rounds} rounds {:.2}  (the machine's speed unaccounted)",
             median_rate / 16_000.0
+        );
+    }
+    if let Some(ratio) = launch_ratio {
+        eprintln!(
+            "  launch / one-fsync-per-commit, median of {rounds} rounds {ratio:.2}  (no target)"
+        );
+    }
+    if let Some(ratio) = runtime_ratio {
+        eprintln!(
+            "  GET /v1/sessions/{{id}} / floor, median of {rounds} rounds {ratio:.2}  (no target)"
         );
     }
     if let Some(rps) = by("GET /sessions/by-slug/:slug") {
