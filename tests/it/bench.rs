@@ -389,13 +389,11 @@ struct Cost {
 
 impl Spent {
     fn of(pid: i32) -> Spent {
-        // utime and stime: the 12th and 13th fields after the command's closing parenthesis.
+        // utime and stime.
         let ticks = |stat: &str| -> f64 {
-            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            rest.split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|v| v.parse::<f64>().ok())
+            [14, 15]
+                .into_iter()
+                .filter_map(|n| stat_field(stat, n)?.parse::<f64>().ok())
                 .sum()
         };
         let read = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
@@ -404,15 +402,11 @@ impl Spent {
             writer_ticks: 0.0,
             switches: 0.0,
         };
-        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if read(task.path().join("comm")).trim() == "writer" {
-                spent.writer_ticks += ticks(&read(task.path().join("stat")));
+        for (name, dir) in threads_of(pid) {
+            if name == "writer" {
+                spent.writer_ticks += ticks(&read(dir.join("stat")));
             }
-            spent.switches += read(task.path().join("status"))
+            spent.switches += read(dir.join("status"))
                 .lines()
                 .filter(|l| l.contains("ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())

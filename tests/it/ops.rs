@@ -456,21 +456,15 @@ fn a_group_commit_is_not_capped_by_the_turns() {
     eprintln!("{created} creates from 16 clients, largest group commit {largest}");
 }
 
-/// The scheduling policies (`SCHED_OTHER` 0, `SCHED_BATCH` 3) of the server's connection threads,
-/// read from `/proc` (field 41 of each thread's `stat`).
+/// The scheduling policies (`SCHED_OTHER` 0, `SCHED_BATCH` 3) of the server's connection threads
+/// (field 41 of each thread's `stat`).
 fn connection_thread_policies(pid: i32) -> Vec<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-    tasks
-        .filter_map(|task| {
-            let dir = task.ok()?.path();
-            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-            if comm.trim() != "tiny-http-conn" {
-                return None;
-            }
+    threads_of(pid)
+        .into_iter()
+        .filter(|(name, _)| name == "tiny-http-conn")
+        .filter_map(|(_, dir)| {
             let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-            // The fields after the command name (which may hold spaces) start at field 3.
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            fields.get(41 - 3)?.parse().ok()
+            stat_field(&stat, 41)?.parse().ok()
         })
         .collect()
 }

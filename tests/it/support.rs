@@ -651,3 +651,26 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     }
     None
 }
+
+/// Field `n` of a `/proc/…/stat` line, numbered as proc(5) numbers them (1 is the pid). The
+/// command name (field 2) may hold spaces and parentheses, so fields are counted after its last `)`.
+pub fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(n.checked_sub(3)?)
+}
+
+/// The threads of process `pid`: each one's name and its `/proc/<pid>/task/<tid>` directory.
+pub fn threads_of(pid: i32) -> Vec<(String, PathBuf)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|task| {
+            let dir = task.path();
+            let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            (name.trim().to_string(), dir)
+        })
+        .collect()
+}
