@@ -29,6 +29,17 @@ fn status_of(raw: &[u8]) -> Option<u16> {
     text.lines().next()?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Asserts that the response `raw` has status `wanted`, showing the whole response otherwise.
+#[track_caller]
+fn assert_status(raw: &[u8], wanted: u16) {
+    assert_eq!(
+        status_of(raw),
+        Some(wanted),
+        "{}",
+        String::from_utf8_lossy(raw)
+    );
+}
+
 fn body_of(raw: &[u8]) -> Value {
     let at = raw
         .windows(4)
@@ -278,12 +289,7 @@ fn slow_senders_hold_no_worker_and_get_a_408_in_the_dialects_shape() {
     for (mut s, key) in slow {
         let _ = s.write_all(b"a");
         let answer = read_all(&mut s);
-        assert_eq!(
-            status_of(&answer),
-            Some(408),
-            "{}",
-            String::from_utf8_lossy(&answer)
-        );
+        assert_status(&answer, 408);
         assert!(body_of(&answer).get(key).is_some());
     }
     assert!(healthy(&server.addr));
@@ -331,12 +337,7 @@ fn beyond_max_connections_new_clients_get_a_503_at_once_not_a_hang() {
     let mut s = connect(&server.addr);
     s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
     let answer = read_all(&mut s);
-    assert_eq!(
-        status_of(&answer),
-        Some(503),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
+    assert_status(&answer, 503);
     assert!(body_of(&answer).get("error").is_some());
     assert!(started.elapsed() < Duration::from_secs(2));
     for h in &held {
@@ -767,12 +768,7 @@ fn a_create_on_a_connection_that_closes_is_answered_whole_before_the_close() {
             format!("{head}Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}");
         s.write_all(request.as_bytes()).unwrap();
         let raw = read_all(&mut s);
-        assert_eq!(
-            status_of(&raw),
-            Some(201),
-            "{}",
-            String::from_utf8_lossy(&raw)
-        );
+        assert_status(&raw, 201);
         let uid = body_of(&raw)["sessionId"].as_str().unwrap().to_string();
         let stored = server.query(&format!(
             "SELECT count(*) FROM sessions WHERE uid = '{uid}'"
